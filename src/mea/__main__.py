@@ -1,0 +1,3 @@
+from mea.cli import run
+
+run()

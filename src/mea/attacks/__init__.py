@@ -1,0 +1,29 @@
+"""Extraction attacks: strategies that choose queries, and the driver that runs them."""
+
+from collections.abc import Callable
+
+from mea.attacks.extract import Extraction, extract
+from mea.attacks.random_sampling import RandomSampling
+from mea.attacks.strategy import AttackState, Queries, Strategy, TransferSet
+from mea.errors import ConfigError
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {"random": RandomSampling}
+
+
+def make_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]()
+
+
+__all__ = [
+    "STRATEGIES",
+    "AttackState",
+    "Extraction",
+    "Queries",
+    "RandomSampling",
+    "Strategy",
+    "TransferSet",
+    "extract",
+    "make_strategy",
+]

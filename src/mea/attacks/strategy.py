@@ -1,0 +1,78 @@
+"""The attack strategy interface: given what the attacker has seen so far, choose the next queries.
+
+A strategy only decides *which* images to query.  The driver (`mea.attacks.extract`) owns what
+every attack shares: budget accounting, the transfer set, training and evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from mea.data.pools import Pool
+from mea.oracle import OutputMode
+
+
+@dataclass
+class TransferSet:
+    """Every query the attacker made and the answer it got, in order.
+
+    `pool_index` is the query's row in the attacker's pool, or -1 for a synthesised image.
+    """
+
+    images: torch.Tensor = field(default_factory=lambda: torch.empty(0, 1, 28, 28))
+    answers: torch.Tensor = field(default_factory=lambda: torch.empty(0, 10))
+    pool_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def add(self, images: torch.Tensor, answers: torch.Tensor, pool_index: torch.Tensor) -> None:
+        self.images = torch.cat([self.images, images])
+        self.answers = torch.cat([self.answers, answers])
+        self.pool_index = torch.cat([self.pool_index, pool_index])
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Images a strategy wants answered, with their pool rows (-1 where synthesised)."""
+
+    images: torch.Tensor
+    pool_index: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.pool_index):
+            raise ValueError(f"{len(self.images)} images but {len(self.pool_index)} pool indices")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class AttackState:
+    """What a strategy may look at when it chooses: never the victim, only its answers."""
+
+    pool: Pool
+    transfer: TransferSet
+    remaining: int  # queries left in the budget; a strategy must not ask for more
+    output: OutputMode
+    generator: torch.Generator
+    train_clone: Callable[[], nn.Module]  # trains a fresh clone on the transfer set so far
+
+
+class Strategy(Protocol):
+    """Chooses queries in rounds until the budget is spent or it has nothing more to ask."""
+
+    name: str
+
+    def check(self, pool: Pool, budget: int, output: OutputMode) -> None:
+        """Raise a ConfigError if this strategy cannot run with this pool, budget or output mode."""
+        ...
+
+    def next_queries(self, state: AttackState) -> Queries | None:
+        """The next batch of at most `state.remaining` images, or None when done."""
+        ...

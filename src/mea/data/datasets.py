@@ -1,0 +1,98 @@
+"""Datasets as in-memory tensors, and the explicit splits every experiment records.
+
+Images are float32 in [0, 1], shape (N, 1, 28, 28); labels are int64, shape (N,).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mea.data import fetch, idx
+from mea.data.catalog import MNIST, DatasetSpec, IdxFile, dataset_spec
+from mea.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images in [0, 1] with their true labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[1:] != (1, 28, 28):
+            raise ValueError(f"images must have shape (N, 1, 28, 28), got {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: slice | torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index])
+
+
+def _load_file(directory: Path, file: IdxFile) -> np.ndarray:
+    path = directory / file.stem
+    array = idx.parse(fetch.verified_bytes(path, file), path.name)
+    if array.shape != file.shape:
+        raise DataError(f"{path} has shape {list(array.shape)}, expected {list(file.shape)}")
+    return array
+
+
+def _as_images(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array.astype(np.float32) / np.float32(255.0)).unsqueeze(1)
+
+
+def load(name: str | DatasetSpec, part: str, data_dir: Path | None = None) -> ImageSet:
+    """Load the "train" or "test" part of a dataset, fetching it into the cache on first use."""
+    spec = dataset_spec(name) if isinstance(name, str) else name
+    if part not in ("train", "test"):
+        raise ConfigError(f"unknown part {part!r}; use 'train' or 'test'")
+    if not fetch.is_cached(spec, data_dir):
+        print(f"{spec.name} is not cached yet; fetching it once (see `mea data fetch --help`)", file=sys.stderr)
+        fetch.fetch(spec, data_dir)
+    directory = fetch.cache_root(data_dir) / spec.name
+    images, labels = (spec.train_images, spec.train_labels) if part == "train" else (spec.test_images, spec.test_labels)
+    return ImageSet(
+        _as_images(_load_file(directory, images)), torch.from_numpy(_load_file(directory, labels).astype(np.int64))
+    )
+
+
+@dataclass(frozen=True)
+class MnistSplits:
+    """Which MNIST images serve whom.
+
+    The victim trains on MNIST train minus a calibration split held out for the defender (by
+    default the last 5,000 images); every evaluation uses MNIST test, which no attacker pool holds.
+    """
+
+    calibration_size: int = 5000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.calibration_size < MNIST.train_images.shape[0]:
+            raise ConfigError(
+                f"calibration split size must be between 1 and {MNIST.train_images.shape[0] - 1}, "
+                f"got {self.calibration_size}"
+            )
+
+    @property
+    def victim_train(self) -> slice:
+        return slice(0, MNIST.train_images.shape[0] - self.calibration_size)
+
+    @property
+    def calibration(self) -> slice:
+        return slice(MNIST.train_images.shape[0] - self.calibration_size, MNIST.train_images.shape[0])
+
+    def describe(self) -> dict:
+        return {
+            **asdict(self),
+            "victim_train": f"mnist train[{self.victim_train.start}:{self.victim_train.stop}]",
+            "calibration": f"mnist train[{self.calibration.start}:{self.calibration.stop}]",
+            "evaluation": "mnist test[0:10000]",
+        }

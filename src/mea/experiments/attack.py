@@ -1,0 +1,138 @@
+"""One extraction attack against one victim: configure, run, evaluate, record.
+
+`run_attack` is a pure function of its config and the victim (up to timings), which is what lets
+sweeps skip finished trials and compare backends.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mea import __version__, models
+from mea.attacks import extract, make_strategy
+from mea.data import load, make_pool
+from mea.data.pools import check_pool_name
+from mea.errors import ConfigError
+from mea.metrics import agreement, classification_metrics
+from mea.oracle import Oracle, VictimOracle, parse_output
+from mea.plots import confusion_matrix_png
+from mea.runs import check_out, command_line, run_directory, write_json
+from mea.training import TrainConfig, predict_logits
+from mea.victim import Victim
+
+# Agreement on uniform noise (Tramèr et al. 2016 measure fidelity on test data *and* on uniform
+# inputs): a fixed set of images, the same for every run.
+UNIFORM_AGREEMENT_IMAGES = 10_000
+UNIFORM_AGREEMENT_SEED = 20_160_913
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    queries: int = 60_000
+    pool: str = "mnist-train"
+    output: str = "probabilities"
+    strategy: str = "random"
+    clone_arch: str = "lenet5"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.queries <= 0:
+            raise ConfigError(f"queries must be a positive number of images, got {self.queries}")
+        check_pool_name(self.pool)
+        object.__setattr__(self, "output", parse_output(self.output).spec)
+        make_strategy(self.strategy)
+        models.check_arch(self.clone_arch)
+
+    @property
+    def uses_true_labels(self) -> bool:
+        return self.train.true_label_weight > 0
+
+
+def uniform_agreement_images() -> torch.Tensor:
+    return torch.rand(
+        UNIFORM_AGREEMENT_IMAGES, 1, 28, 28, generator=torch.Generator().manual_seed(UNIFORM_AGREEMENT_SEED)
+    )
+
+
+def run_attack(
+    config: AttackConfig,
+    victim: Victim,
+    data_dir: Path | None = None,
+    oracle: Oracle | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Attack `victim` (through `oracle`, by default an in-process one) and return metrics.json content.
+
+    The victim's weights are used only to evaluate (victim metrics and fidelity), never by the attack.
+    """
+    start = time.perf_counter()
+    if out is not None:
+        check_out(out, force)
+    pool = make_pool(config.pool, data_dir, seed=config.seed)
+    oracle = oracle or VictimOracle(victim.model, parse_output(config.output), budget=config.queries)
+    extraction = extract(
+        oracle,
+        pool,
+        make_strategy(config.strategy),
+        config.queries,
+        config.clone_arch,
+        config.train,
+        config.seed,
+        progress=progress,
+    )
+    test = load("mnist", "test", data_dir)
+    victim_logits = predict_logits(victim.model, test.images)
+    clone_logits = predict_logits(extraction.clone, test.images)
+    noise = uniform_agreement_images()
+    clone_metrics = classification_metrics(clone_logits, test.labels).to_dict()
+    victim_metrics = classification_metrics(victim_logits, test.labels).to_dict()
+    resolved = {
+        **asdict(config),
+        "uses_true_labels": config.uses_true_labels,
+        "victim": str(victim.directory),
+        "victim_fingerprint": victim.fingerprint,
+        "mea_version": __version__,
+        "command": command_line(),
+    }
+    metrics = {
+        "victim": victim_metrics,
+        "clone": {
+            **clone_metrics,
+            "fidelity": agreement(clone_logits, victim_logits),
+            "uniform_agreement": agreement(
+                predict_logits(extraction.clone, noise), predict_logits(victim.model, noise)
+            ),
+        },
+        "queries": extraction.queries,
+        "uses_true_labels": config.uses_true_labels,
+        "time_s": {
+            "query": extraction.query_time_s,
+            "train": extraction.train_time_s,
+            "total": time.perf_counter() - start,
+        },
+        "config": resolved,
+    }
+    if out is not None:
+        with run_directory(out, force) as scratch:
+            write_json(scratch / "config.json", resolved)
+            models.save(extraction.clone, config.clone_arch, scratch / "clone.safetensors")
+            confusion_matrix_png(
+                victim_metrics["confusion_matrix"],
+                f"victim: accuracy {victim_metrics['accuracy']:.2%}",
+                scratch / "confusion_victim.png",
+            )
+            confusion_matrix_png(
+                clone_metrics["confusion_matrix"],
+                f"clone ({config.strategy}, {config.queries} queries, {config.output}): "
+                f"accuracy {clone_metrics['accuracy']:.2%}",
+                scratch / "confusion_clone.png",
+            )
+            write_json(scratch / "metrics.json", metrics)
+    return metrics

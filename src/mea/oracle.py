@@ -1,0 +1,205 @@
+"""The black-box oracle: the one door to the victim that every attack goes through.
+
+An attacker sends images in [0, 1], shape (B, 1, 28, 28), and reads answers of shape (B, 10)
+shaped by an output mode.  One image is one query.  The oracle enforces the query budget, runs the
+victim in eval mode without autograd, and exposes neither weights nor gradients, so the same attack
+runs unchanged against an in-process victim, a defended victim or a served HTTP API
+(after the `Blackbox` of Orekondy et al. 2019, Knockoff Nets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mea.errors import BudgetExhausted, ConfigError
+from mea.models import NUM_CLASSES, as_input
+
+# --- output modes: what the service reveals of its probabilities -------------------------------
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    """The full softmax vector."""
+
+    @property
+    def spec(self) -> str:
+        return "probabilities"
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The k largest probabilities, the rest zero (not renormalised, as services report them)."""
+
+    k: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= NUM_CLASSES:
+            raise ConfigError(f"top-k needs 1 <= k <= {NUM_CLASSES}, got {self.k}; e.g. --output top-k:3")
+
+    @property
+    def spec(self) -> str:
+        return f"top-k:{self.k}"
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        values, index = probs.topk(self.k, dim=1)
+        return torch.zeros_like(probs).scatter_(1, index, values)
+
+
+@dataclass(frozen=True)
+class Label:
+    """The top-1 class only, as a one-hot row."""
+
+    @property
+    def spec(self) -> str:
+        return "label"
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(probs.argmax(1), NUM_CLASSES).to(probs.dtype)
+
+
+@dataclass(frozen=True)
+class Rounded:
+    """Probabilities rounded to `decimals` decimal places (Tramèr et al. 2016's countermeasure)."""
+
+    decimals: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.decimals <= 8:
+            raise ConfigError(f"rounding needs 0 <= decimals <= 8, got {self.decimals}; e.g. --output rounded:2")
+
+    @property
+    def spec(self) -> str:
+        return f"rounded:{self.decimals}"
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs.double().round(decimals=self.decimals).to(probs.dtype)
+
+
+OutputMode = Probabilities | TopK | Label | Rounded
+OUTPUT_MODES = "probabilities, top-k[:K], label, rounded[:DECIMALS]"
+
+
+def parse_output(text: str) -> OutputMode:
+    """Parse an output mode: ``probabilities``, ``top-k`` or ``top-k:5``, ``label``, ``rounded:3``."""
+    name, _, arg = text.strip().partition(":")
+    try:
+        if name == "probabilities" and not arg:
+            return Probabilities()
+        if name == "label" and not arg:
+            return Label()
+        if name == "top-k":
+            return TopK(int(arg)) if arg else TopK()
+        if name == "rounded":
+            return Rounded(int(arg)) if arg else Rounded()
+    except ValueError:
+        raise ConfigError(f"output mode {text!r} needs an integer after ':'; use one of: {OUTPUT_MODES}") from None
+    raise ConfigError(f"unknown output mode {text!r}; use one of: {OUTPUT_MODES}")
+
+
+# --- the oracle interface -------------------------------------------------------------------
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """What an attacker can do with a victim: send images, read answers, see its budget."""
+
+    @property
+    def output(self) -> OutputMode: ...
+
+    @property
+    def queries_used(self) -> int: ...
+
+    @property
+    def budget(self) -> int | None: ...
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        """Answers of shape (B, 10) for images of shape (B, 1, 28, 28) in [0, 1]."""
+        ...
+
+
+def check_images(images: torch.Tensor) -> torch.Tensor:
+    """Validate a query batch; returns it as contiguous float32."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"queries must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"queries must have shape (B, 1, 28, 28), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"queries must be floating point in [0, 1], got dtype {images.dtype}")
+    images = images.detach().float()
+    if not torch.isfinite(images).all():
+        raise ValueError("queries contain NaN or infinite values")
+    if len(images) and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"query pixels must lie in [0, 1], got [{images.min().item():.3g}, {images.max().item():.3g}]")
+    return images.contiguous()
+
+
+class QueryBudget:
+    """Counts queries (one image = one query) and refuses a batch that would exceed the limit."""
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and limit < 0:
+            raise ConfigError(f"the query budget must be >= 0, got {limit}")
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else self.limit - self.used
+
+    def charge(self, n: int) -> None:
+        if self.limit is not None and self.used + n > self.limit:
+            raise BudgetExhausted(
+                f"query budget exhausted: {self.used} of {self.limit} queries used, {n} more asked; "
+                "raise the budget (--queries) or query fewer images"
+            )
+        self.used += n
+
+
+class VictimOracle:
+    """An in-process victim behind the oracle interface."""
+
+    # Large enough to amortise per-call overhead, small enough to keep activations in cache.
+    _CHUNK = 1024
+
+    def __init__(self, model: nn.Module, output: OutputMode | None = None, budget: int | None = None) -> None:
+        self._model = model.eval()
+        for parameter in self._model.parameters():
+            parameter.requires_grad_(False)
+        self._output = output or Probabilities()
+        self._budget = QueryBudget(budget)
+
+    @property
+    def output(self) -> OutputMode:
+        return self._output
+
+    @property
+    def queries_used(self) -> int:
+        return self._budget.used
+
+    @property
+    def budget(self) -> int | None:
+        return self._budget.limit
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """The victim's exact softmax, not counted: for the defender's and experimenter's own use."""
+        if len(images) == 0:
+            return torch.empty(0, NUM_CLASSES)
+        images = as_input(images)
+        with torch.inference_mode():
+            chunks = [
+                F.softmax(self._model(images[i : i + self._CHUNK]), dim=1) for i in range(0, len(images), self._CHUNK)
+            ]
+        return torch.cat(chunks)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        images = check_images(images)
+        self._budget.charge(len(images))
+        return self._output(self.probabilities(images))

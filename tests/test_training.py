@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from mea import models
+from mea.errors import ConfigError
+from mea.training import LabelLoss, TrainConfig, fit, random_shift, soft_targets
+
+
+def toy_problem(n: int = 512):
+    """Bright-left vs bright-right images: learnable in a few steps."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    images = torch.rand(n, 1, 28, 28, generator=g) * 0.2
+    images[labels == 0, :, :, :14] += 0.7
+    images[labels == 1, :, :, 14:] += 0.7
+    return images.clamp(0, 1), torch.nn.functional.one_hot(labels, 10).float(), labels
+
+
+def test_training_is_deterministic_under_a_seed_and_learns():
+    images, answers, labels = toy_problem()
+    config = TrainConfig(epochs=2, lr=1e-2, batch_size=64)
+    weights = []
+    for _ in range(2):
+        model = models.build("lenet5", 0)
+        report = fit(model, images, answers, config, torch.Generator().manual_seed(5), progress=False)
+        weights.append(model.fc3.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+    assert report.steps == 2 * 8 and len(report.epoch_losses) == 2
+    assert (model(images).argmax(1) == labels).float().mean() > 0.95
+
+
+def test_hard_loss_and_true_label_mixing_run():
+    images, answers, labels = toy_problem(128)
+    config = TrainConfig(epochs=1, lr=1e-2, batch_size=32, loss=LabelLoss.HARD, true_label_weight=0.5)
+    fit(models.build("mlp", 0), images, answers, config, torch.Generator().manual_seed(0), labels, progress=False)
+    with pytest.raises(ConfigError, match="needs a pool with labels"):
+        fit(models.build("mlp", 0), images, answers, config, torch.Generator(), None, progress=False)
+
+
+def test_soft_targets_are_distributions_and_temperature_one_is_identity():
+    answers = torch.tensor([[0.7, 0.2, 0.1] + [0.0] * 7])
+    assert torch.allclose(soft_targets(answers, 1.0), answers, atol=1e-6)
+    softened = soft_targets(answers, 4.0)
+    assert torch.allclose(softened.sum(1), torch.ones(1)) and softened[0, 0] < 0.7 and softened[0, 5] > 0
+
+
+def test_random_shift_moves_content_without_losing_it():
+    image = torch.zeros(64, 1, 28, 28)
+    image[:, :, 10:18, 10:18] = 1.0  # a centred square, far from the borders
+    shifted = random_shift(image, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted.sum((1, 2, 3)), image.sum((1, 2, 3)))
+    assert (shifted != image).any(dim=(1, 2, 3)).float().mean() > 0.7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "learning rate must be positive"),
+        ({"lr": -1e-3}, "learning rate must be positive"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"batch_size": -5}, "batch-size must be a positive integer"),
+        ({"schedule": "cosine"}, "cosine"),
+        ({"true_label_weight": 2.0}, r"true-label weight must lie in \[0, 1\]"),
+    ],
+)
+def test_bad_training_settings(kwargs, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        TrainConfig(**kwargs)
