@@ -305,7 +305,7 @@ def sweep_command(preset, victim_dir, seed, out, data_dir, force, quiet):
             console.print(f"training a victim into {victim_dir}")
             train_victim(VictimConfig(seed=seed), victim_dir, data_dir, progress=not quiet)
     table = run_seed_table(load_victim(victim_dir), out, data_dir, seed=seed, force=force, progress=not quiet)
-    console.print(table)
+    click.echo(table)
     console.print(f"table written to [bold]{out / 'seed_table.md'}[/bold]")
 
 

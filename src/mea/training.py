@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -113,8 +114,12 @@ def fit(
     true_labels: torch.Tensor | None = None,
     description: str = "training",
     progress: bool = True,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainReport:
-    """Train model in place on (images, answers), answers being (N, 10) probability-like rows."""
+    """Train model in place on (images, answers), answers being (N, 10) probability-like rows.
+
+    `on_epoch_end(epoch, model)` runs after each epoch (for evaluation); its time is not counted.
+    """
     n = len(images)
     if n == 0:
         raise ConfigError("nothing to train on: the transfer set is empty")
@@ -162,6 +167,11 @@ def fit(
             bar.update()
         epoch_losses.append(running.item() / n)
         bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+        if on_epoch_end is not None:
+            paused = time.perf_counter()
+            on_epoch_end(len(epoch_losses), model)
+            model.train()
+            start += time.perf_counter() - paused
     bar.close()
     model.eval()
     return TrainReport(time.perf_counter() - start, total_steps, tuple(epoch_losses))
