@@ -122,3 +122,63 @@ def test_an_existing_run_is_not_overwritten_without_force(victim_dir, data_dir, 
     done = mea("attack", "--victim", str(victim_dir), "--out", str(out), data_dir=data_dir)
     assert done.returncode == 2 and "--force" in done.stderr
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
+    bad = mea(
+        "defend",
+        "fit",
+        "--victim",
+        str(victim_dir),
+        "--out",
+        str(tmp_path / "d"),
+        "--target-fpr",
+        "1.5",
+        data_dir=data_dir,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "must lie in (0, 1)" in bad.stderr
+    done = mea("defend", "fit", "--victim", str(victim_dir), "--out", str(tmp_path / "d"), data_dir=data_dir)
+    assert done.returncode == 0, done.stderr
+    assert {"detector.safetensors", "detector.json", "defense-config.json", "secret.key"} <= {
+        p.name for p in (tmp_path / "d").iterdir()
+    }
+    out = tmp_path / "eval"
+    done = mea(
+        "defend",
+        "eval",
+        "--victim",
+        str(victim_dir),
+        "--defense",
+        str(tmp_path / "d"),
+        "--queries",
+        "600",
+        "--budgets",
+        "300",
+        "--sources",
+        "fashion-mnist,uniform",
+        "--sweep-sources",
+        "fashion-mnist",
+        "--fpr-sweep",
+        "0.01,0.2",
+        "--policies",
+        "misinformation,top1-preserving",
+        "--min-steps",
+        "60",
+        "--out",
+        str(out),
+        "-q",
+        data_dir=data_dir,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "defense.json").read_text())
+    assert set(result["benign_accuracy"]) >= {"undefended", "defended"}
+    assert set(result["detector"]) == {"fashion-mnist", "uniform"} == set(result["clone_accuracy"])
+    assert result["detector"]["uniform"]["auroc"] > 0.99 and result["target_fpr"] == 0.01
+    assert (
+        result["clone_accuracy"]["fashion-mnist"]["defended"]
+        < result["clone_accuracy"]["fashion-mnist"]["undefended"] + 0.05
+    )
+    assert [row["target_fpr"] for row in result["tradeoff"]] == [0.01, 0.2]
+    for name in ("tradeoff.png", "roc.png"):
+        assert (out / name).stat().st_size > 10_000
+    assert (out / "tradeoff.csv").read_text().startswith("target_fpr,threshold,benign_accuracy")

@@ -18,15 +18,22 @@ def toy_problem(n: int = 512):
 
 def test_training_is_deterministic_under_a_seed_and_learns():
     images, answers, labels = toy_problem()
-    config = TrainConfig(epochs=2, lr=1e-2, batch_size=64)
+    config = TrainConfig(epochs=2, lr=1e-2, batch_size=64, min_steps=0)
     weights = []
     for _ in range(2):
         model = models.build("lenet5", 0)
         report = fit(model, images, answers, config, torch.Generator().manual_seed(5), progress=False)
         weights.append(model.fc3.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
-    assert report.steps == 2 * 8 and len(report.epoch_losses) == 2
+    assert report.steps == 2 * 8 and report.epochs == 2 and len(report.epoch_losses) == 2
     assert (model(images).argmax(1) == labels).float().mean() > 0.95
+
+
+def test_small_transfer_sets_get_at_least_min_steps():
+    images, answers, _ = toy_problem(100)
+    config = TrainConfig(epochs=1, lr=1e-2, batch_size=50, min_steps=10)
+    report = fit(models.build("mlp", 0), images, answers, config, torch.Generator().manual_seed(0), progress=False)
+    assert report.epochs == 5 and report.steps == 10
 
 
 def test_hard_loss_and_true_label_mixing_run():

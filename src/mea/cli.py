@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -12,11 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mea import __version__
+from mea.defenses.detector import DEFAULT_LAYERS
+from mea.defenses.evaluation import EvaluationConfig
+from mea.defenses.store import DEFAULT_POLICY
 from mea.errors import MeaError
 from mea.training import VICTIM_TRAINING, LabelLoss, Schedule, TrainConfig
 
 console = Console()
 DEFAULT_CLONE = TrainConfig()
+EVAL_DEFAULTS = EvaluationConfig()
 
 data_dir_option = click.option(
     "--data-dir",
@@ -124,15 +130,7 @@ def train_victim_command(out, arch, epochs, lr, batch_size, shift, calibration_s
     from mea.data import MnistSplits
     from mea.victim import VictimConfig, train_victim
 
-    train = TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        schedule=VICTIM_TRAINING.schedule,
-        loss=LabelLoss.HARD,
-        temperature=1.0,
-        shift=shift,
-    )
+    train = dataclasses.replace(VICTIM_TRAINING, epochs=epochs, lr=lr, batch_size=batch_size, shift=shift)
     config = VictimConfig(arch=arch, train=train, splits=MnistSplits(calibration_size), seed=seed)
     metrics = train_victim(config, out, data_dir, force=force, progress=not quiet)
     _print_metrics({"victim": metrics["victim"]}, metrics["time_s"])
@@ -142,7 +140,21 @@ def train_victim_command(out, arch, epochs, lr, batch_size, shift, calibration_s
 # --- attack ---------------------------------------------------------------------------------
 
 
+_TRAIN_FIELDS = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "schedule",
+    "loss",
+    "temperature",
+    "true_label_weight",
+    "shift",
+    "min_steps",
+)
+
+
 def _train_options(func):
+    """Add the clone-training options; the command receives them as one TrainConfig, `train`."""
     options = [
         click.option("--epochs", type=int, default=DEFAULT_CLONE.epochs, show_default=True, callback=_positive_int),
         click.option(
@@ -191,10 +203,23 @@ def _train_options(func):
             show_default=True,
             help="Augmentation: random shifts of up to this many pixels (0 = off).",
         ),
+        click.option(
+            "--min-steps",
+            type=int,
+            default=DEFAULT_CLONE.min_steps,
+            show_default=True,
+            help="Small transfer sets get more epochs, up to this many optimiser steps (0 = off).",
+        ),
     ]
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        kwargs["train"] = TrainConfig(**{name: kwargs.pop(name) for name in _TRAIN_FIELDS})
+        return func(*args, **kwargs)
+
     for option in reversed(options):
-        func = option(func)
-    return func
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @main.command("attack")
@@ -228,41 +253,11 @@ def _train_options(func):
 @data_dir_option
 @force_option
 @quiet_option
-def attack_command(
-    victim_dir,
-    queries,
-    pool,
-    output,
-    strategy,
-    clone_arch,
-    epochs,
-    lr,
-    batch_size,
-    schedule,
-    loss,
-    temperature,
-    true_label_weight,
-    shift,
-    seed,
-    out,
-    data_dir,
-    force,
-    quiet,
-):
+def attack_command(victim_dir, queries, pool, output, strategy, clone_arch, train, seed, out, data_dir, force, quiet):
     """Steal the victim: query it as a black box and train a clone on its answers."""
     from mea.experiments.attack import AttackConfig, run_attack
     from mea.victim import load_victim
 
-    train = TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        schedule=schedule,
-        loss=loss,
-        temperature=temperature,
-        true_label_weight=true_label_weight,
-        shift=shift,
-    )
     config = AttackConfig(
         queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train, seed=seed
     )
@@ -270,6 +265,186 @@ def attack_command(
     metrics = run_attack(config, victim, data_dir, out=out, force=force, progress=not quiet)
     _print_metrics(metrics, metrics["time_s"], metrics["queries"])
     console.print(f"run written to [bold]{out}[/bold]")
+
+
+# --- defend ---------------------------------------------------------------------------------
+
+
+def _comma_list(convert):
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = tuple(convert(item.strip()) for item in value.split(",") if item.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"expected a comma-separated list ({exc})") from None
+        if not items:
+            raise click.BadParameter("the list is empty")
+        return items
+
+    return callback
+
+
+@main.group()
+def defend() -> None:
+    """Defenses: fit the OOD query detector, evaluate what it costs users and attackers."""
+
+
+@defend.command("fit")
+@click.option("--victim", "victim_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create for the defense.")
+@click.option(
+    "--target-fpr",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Share of in-distribution queries flagged, set on the calibration split.",
+)
+@click.option(
+    "--layers",
+    default=",".join(DEFAULT_LAYERS),
+    show_default=True,
+    callback=_comma_list(str),
+    help="Victim layers for the Mahalanobis scores (conv1, conv2, fc1, fc2, logits).",
+)
+@click.option(
+    "--confidence/--no-confidence",
+    default=True,
+    show_default=True,
+    help="Add the victim's maximum softmax probability to the score.",
+)
+@click.option(
+    "--policy",
+    default=DEFAULT_POLICY,
+    show_default=True,
+    help="Answer to flagged queries: misinformation[:CONF], gaussian[:SIGMA], dirichlet[:ALPHA], "
+    "top1-preserving[:ALPHA].",
+)
+@data_dir_option
+@force_option
+def defend_fit_command(victim_dir, out, target_fpr, layers, confidence, policy, data_dir, force):
+    """Fit the detector on the victim's training split; calibrate it on the held-out calibration split."""
+    from mea.defenses.detector import DetectorConfig
+    from mea.defenses.store import fit_defense
+    from mea.victim import load_victim
+
+    config = DetectorConfig(layers=layers, use_confidence=confidence, target_fpr=target_fpr)
+    defense = fit_defense(load_victim(victim_dir), out, config, policy, data_dir, force=force)
+    detector = defense.detector
+    console.print(
+        f"detector: layers {', '.join(detector.layers)}{' + confidence' if confidence else ''}; "
+        f"threshold {detector.threshold:.3f} at target FPR {target_fpr:g}; policy {defense.policy.spec}"
+    )
+    console.print(f"defense written to [bold]{out}[/bold]")
+
+
+@defend.command("eval")
+@click.option("--victim", "victim_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--defense", "defense_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--queries", type=int, default=50_000, show_default=True, callback=_positive_int, help="Each attacker's budget."
+)
+@click.option(
+    "--sources",
+    default=",".join(EVAL_DEFAULTS.sources),
+    show_default=True,
+    callback=_comma_list(str),
+    help="Attacker query sources (pools).",
+)
+@click.option(
+    "--sweep-sources",
+    default=",".join(EVAL_DEFAULTS.sweep_sources),
+    show_default=True,
+    callback=_comma_list(str),
+    help="Sources attacked at every swept threshold and policy.",
+)
+@click.option(
+    "--fpr-sweep",
+    default=",".join(f"{r:g}" for r in EVAL_DEFAULTS.fpr_sweep),
+    show_default=True,
+    callback=_comma_list(float),
+    help="Target false-positive rates for the trade-off curve.",
+)
+@click.option(
+    "--policies",
+    default=",".join(EVAL_DEFAULTS.policies),
+    show_default=True,
+    callback=_comma_list(str),
+    help="Response policies to compare.",
+)
+@click.option(
+    "--budgets",
+    default=",".join(map(str, EVAL_DEFAULTS.cost_budgets)),
+    show_default=True,
+    callback=_comma_list(int),
+    help="Budgets tried to find the attack cost (capped at --queries).",
+)
+@_train_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@data_dir_option
+@force_option
+@quiet_option
+def defend_eval_command(
+    victim_dir,
+    defense_dir,
+    queries,
+    sources,
+    sweep_sources,
+    fpr_sweep,
+    policies,
+    budgets,
+    train,
+    seed,
+    out,
+    data_dir,
+    force,
+    quiet,
+):
+    """Measure the defense: detection, benign accuracy, clone accuracy and attack cost per source."""
+    from mea.defenses.evaluation import EvaluationConfig, evaluate_defense
+    from mea.defenses.store import load_defense
+    from mea.victim import load_victim
+
+    config = EvaluationConfig(
+        queries=queries,
+        sources=sources,
+        fpr_sweep=fpr_sweep,
+        sweep_sources=sweep_sources,
+        policies=policies,
+        cost_budgets=budgets,
+        train=train,
+        seed=seed,
+    )
+    victim = load_victim(victim_dir)
+    result = evaluate_defense(
+        victim, load_defense(defense_dir, victim), config, out, data_dir, force=force, progress=not quiet
+    )
+    _print_defense(result)
+    console.print(f"evaluation written to [bold]{out}[/bold] (defense.json, tradeoff.png/csv, roc.png, cost.csv)")
+
+
+def _print_defense(result: dict) -> None:
+    benign = result["benign_accuracy"]
+    console.print(
+        f"benign accuracy: {benign['undefended']:.2%} undefended, {benign['defended']:.2%} defended "
+        f"(drop {benign['drop_pp']:.2f} pp); policy {result['policy']}, target FPR {result['target_fpr']:g}"
+    )
+    table = Table(title=f"Per attacker query source ({result['config']['queries']:,} queries each)")
+    for column in ("source", "AUROC", "flagged", "clone undef.", "clone def.", "to 90% (def.)"):
+        table.add_column(column, justify="right", overflow="fold")
+    for source, detection in result["detector"].items():
+        clone = result["clone_accuracy"][source]
+        cost = result["attack_cost"][source]["defended"]["90%"]
+        table.add_row(
+            source,
+            f"{detection['auroc']:.4f}",
+            f"{detection['flagged_rate']:.2%}",
+            f"{clone['undefended']:.2%}",
+            f"{clone['defended']:.2%}",
+            cost if isinstance(cost, str) else f"{cost['queries']:,} queries",
+        )
+    console.print(table)
 
 
 # --- sweep ----------------------------------------------------------------------------------

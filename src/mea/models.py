@@ -91,6 +91,11 @@ def as_input(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
 
 
+def pooled(activation: torch.Tensor) -> torch.Tensor:
+    """A layer's activation as one vector per image: convolutional maps averaged over space."""
+    return activation.mean(dim=(2, 3)) if activation.ndim == 4 else activation
+
+
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"lenet5": LeNet5, "small-cnn": SmallCNN, "mlp": MLP}
 
 

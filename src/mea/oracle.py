@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mea.errors import BudgetExhausted, ConfigError
-from mea.models import NUM_CLASSES, as_input
+from mea.models import NUM_CLASSES, as_input, pooled
 
 # --- output modes: what the service reveals of its probabilities -------------------------------
 
@@ -188,18 +188,35 @@ class VictimOracle:
     def budget(self) -> int | None:
         return self._budget.limit
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """The victim's exact softmax, not counted: for the defender's and experimenter's own use."""
-        if len(images) == 0:
-            return torch.empty(0, NUM_CLASSES)
-        images = as_input(images)
-        with torch.inference_mode():
-            chunks = [
-                F.softmax(self._model(images[i : i + self._CHUNK]), dim=1) for i in range(0, len(images), self._CHUNK)
-            ]
-        return torch.cat(chunks)
+    def inspect(self, images: torch.Tensor, layers: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Charge and answer a batch as `query` does, in exact probabilities, with the named layers'
+        features (convolutional maps averaged over space) from the same forward pass.
+
+        For the defender in front of this victim (see `DefendedOracle`), never for an attacker.
+        """
+        images = check_images(images)
+        self._budget.charge(len(images))
+        return self._forward(images, layers)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         images = check_images(images)
         self._budget.charge(len(images))
-        return self._output(self.probabilities(images))
+        return self._output(self._forward(images, ())[0])
+
+    def _forward(self, images: torch.Tensor, layers: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        probabilities: list[torch.Tensor] = []
+        features: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+        images = as_input(images)
+        with torch.inference_mode():
+            for start in range(0, len(images), self._CHUNK):
+                batch = images[start : start + self._CHUNK]
+                if not layers:
+                    probabilities.append(F.softmax(self._model(batch), dim=1))
+                    continue
+                inner = self._model.features(batch)
+                probabilities.append(F.softmax(inner["logits"], dim=1))
+                for layer in layers:
+                    features[layer].append(pooled(inner[layer]))
+        if not probabilities:
+            return torch.empty(0, NUM_CLASSES), {layer: torch.empty(0) for layer in layers}
+        return torch.cat(probabilities), {layer: torch.cat(parts) for layer, parts in features.items()}

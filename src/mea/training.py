@@ -51,6 +51,9 @@ class TrainConfig:
     temperature: float = 4.0
     true_label_weight: float = 0.0  # alpha: weight of the pool's own true labels, 0 = not used
     shift: int = 0  # augmentation: random translations of up to this many pixels, 0 = off
+    # Small transfer sets get more epochs, up to this many optimiser steps in all: three epochs of
+    # 1,000 queries are 12 steps, far too few to fit anything.  0 = exactly `epochs` epochs.
+    min_steps: int = 500
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -62,6 +65,8 @@ class TrainConfig:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.true_label_weight <= 1.0:
             raise ConfigError(f"true-label weight must lie in [0, 1], got {self.true_label_weight}")
+        if self.min_steps < 0:
+            raise ConfigError(f"min-steps must be >= 0, got {self.min_steps}")
         if not 0 <= self.shift <= 8:
             raise ConfigError(f"shift must lie in [0, 8] pixels, got {self.shift}")
         object.__setattr__(self, "schedule", _choice(Schedule, self.schedule, "schedule"))
@@ -81,6 +86,7 @@ VICTIM_TRAINING = TrainConfig(epochs=15, lr=3e-3, batch_size=128, loss=LabelLoss
 @dataclass(frozen=True)
 class TrainReport:
     time_s: float
+    epochs: int
     steps: int
     epoch_losses: tuple[float, ...] = field(default_factory=tuple)
 
@@ -132,7 +138,8 @@ def fit(
     targets = soft_targets(answers, config.temperature) if soft else answers.argmax(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     batches_per_epoch = math.ceil(n / config.batch_size)
-    total_steps = config.epochs * batches_per_epoch
+    epochs = max(config.epochs, math.ceil(config.min_steps / batches_per_epoch))
+    total_steps = epochs * batches_per_epoch
     scheduler = (
         torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
         if config.schedule is Schedule.ONE_CYCLE
@@ -143,7 +150,7 @@ def fit(
     bar = tqdm(
         total=total_steps, desc=description, unit="step", disable=not progress or _progress_disabled(), leave=False
     )
-    for _ in range(config.epochs):
+    for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         running = torch.zeros(())
         for batch in order.split(config.batch_size):
@@ -174,7 +181,7 @@ def fit(
             start += time.perf_counter() - paused
     bar.close()
     model.eval()
-    return TrainReport(time.perf_counter() - start, total_steps, tuple(epoch_losses))
+    return TrainReport(time.perf_counter() - start, epochs, total_steps, tuple(epoch_losses))
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mea.models import NUM_CLASSES, as_input
+from mea.models import NUM_CLASSES, as_input, pooled
 
 _CHUNK = 2048
 
@@ -30,8 +30,7 @@ def layer_features(model: nn.Module, images: torch.Tensor, layers: tuple[str, ..
         for start in range(0, len(images), _CHUNK):
             features = model.features(images[start : start + _CHUNK])
             for name in layers:
-                value = features[name]
-                parts[name].append(value.mean(dim=(2, 3)) if value.ndim == 4 else value)
+                parts[name].append(pooled(features[name]))
     return {name: torch.cat(chunks).double() for name, chunks in parts.items()}
 
 

@@ -25,13 +25,16 @@ def keyed_generators(secret: bytes, images: torch.Tensor) -> list[np.random.Gene
     """One generator per image, seeded by a keyed hash of its 8-bit pixels."""
     pixels = (images.detach().reshape(len(images), -1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return [
-        np.random.Generator(np.random.Philox(key=int.from_bytes(hmac.digest(secret, row.tobytes(), hashlib.sha256)[:16])))
+        np.random.Generator(
+            np.random.Philox(key=int.from_bytes(hmac.digest(secret, row.tobytes(), hashlib.sha256)[:16]))
+        )
         for row in pixels
     ]
 
 
 class Policy(Protocol):
-    """Answers for flagged queries: (probabilities (B, 10), images (B, 1, 28, 28)) -> answers (B, 10)."""
+    """Answers for flagged queries, from the victim's probabilities (B, 10), the images
+    (B, 1, 28, 28) and the detector's severity in [0, 1] (B,), keyed by the defense's secret."""
 
     @property
     def spec(self) -> str: ...
@@ -39,7 +42,9 @@ class Policy(Protocol):
     @property
     def preserves_top1(self) -> bool: ...
 
-    def __call__(self, probs: torch.Tensor, images: torch.Tensor, secret: bytes) -> torch.Tensor: ...
+    def __call__(
+        self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,9 @@ class GaussianNoise:
     def preserves_top1(self) -> bool:
         return False
 
-    def __call__(self, probs: torch.Tensor, images: torch.Tensor, secret: bytes) -> torch.Tensor:
+    def __call__(
+        self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
+    ) -> torch.Tensor:
         noise = np.stack([g.normal(0.0, self.sigma, NUM_CLASSES) for g in keyed_generators(secret, images)])
         noisy = (probs.double() + torch.from_numpy(noise)).clamp_min(0) + 1e-6
         return (noisy / noisy.sum(1, keepdim=True)).to(probs.dtype)
@@ -84,16 +91,21 @@ class DirichletNoise:
     def preserves_top1(self) -> bool:
         return False
 
-    def __call__(self, probs: torch.Tensor, images: torch.Tensor, secret: bytes) -> torch.Tensor:
+    def __call__(
+        self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
+    ) -> torch.Tensor:
         draws = np.stack([g.dirichlet(np.full(NUM_CLASSES, self.alpha)) for g in keyed_generators(secret, images)])
         return torch.from_numpy(draws).to(probs.dtype)
 
 
 @dataclass(frozen=True)
 class Misinformation:
-    """A confident wrong class (after Kariyappa & Qureshi 2020, "Defending Against Model Stealing
-    Attacks with Adaptive Misinformation", CVPR): the flagged query is answered as if it were one
-    of the nine classes the victim does not predict, chosen per image, with confidence `confidence`.
+    """Adaptive misinformation (Kariyappa & Qureshi 2020, "Defending Against Model Stealing Attacks
+    with Adaptive Misinformation", CVPR): the answer is blended towards a confident wrong class,
+    (1 - s) * p + s * m, where s is the detector's severity.  m puts `confidence` on one of the nine
+    classes the victim does not predict, chosen per image, and spreads the rest at random.  Queries
+    far out of distribution get pure misinformation; borderline ones, often benign, stay close to
+    the truth, which is what keeps benign accuracy.
     """
 
     confidence: float = 0.9
@@ -110,15 +122,19 @@ class Misinformation:
     def preserves_top1(self) -> bool:
         return False
 
-    def __call__(self, probs: torch.Tensor, images: torch.Tensor, secret: bytes) -> torch.Tensor:
-        rows = []
-        for generator, top in zip(keyed_generators(secret, images), probs.argmax(1).tolist(), strict=True):
+    def __call__(
+        self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
+    ) -> torch.Tensor:
+        misinformation = np.empty((len(probs), NUM_CLASSES))
+        for row, (generator, top) in enumerate(
+            zip(keyed_generators(secret, images), probs.argmax(1).tolist(), strict=True)
+        ):
             wrong = (top + 1 + generator.integers(NUM_CLASSES - 1)) % NUM_CLASSES
-            row = np.empty(NUM_CLASSES)
-            row[np.arange(NUM_CLASSES) != wrong] = generator.dirichlet(np.ones(NUM_CLASSES - 1)) * (1 - self.confidence)
-            row[wrong] = self.confidence
-            rows.append(row)
-        return torch.from_numpy(np.stack(rows)).to(probs.dtype)
+            others = np.arange(NUM_CLASSES) != wrong
+            misinformation[row, others] = generator.dirichlet(np.ones(NUM_CLASSES - 1)) * (1 - self.confidence)
+            misinformation[row, wrong] = self.confidence
+        weight = severity.double().unsqueeze(1)
+        return ((1 - weight) * probs.double() + weight * torch.from_numpy(misinformation)).to(probs.dtype)
 
 
 @dataclass(frozen=True)
@@ -144,7 +160,9 @@ class TopOnePreserving:
     def preserves_top1(self) -> bool:
         return True
 
-    def __call__(self, probs: torch.Tensor, images: torch.Tensor, secret: bytes) -> torch.Tensor:
+    def __call__(
+        self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
+    ) -> torch.Tensor:
         draws = np.stack([g.dirichlet(np.full(NUM_CLASSES, self.alpha)) for g in keyed_generators(secret, images)])
         answers = torch.from_numpy(draws)
         # Swap each row's largest draw into the victim's top class.
@@ -162,8 +180,12 @@ POLICIES = "gaussian[:SIGMA], dirichlet[:ALPHA], misinformation[:CONFIDENCE], to
 def parse_policy(text: str) -> Policy:
     """Parse ``gaussian:0.5``, ``dirichlet:1``, ``misinformation:0.9`` or ``top1-preserving:1``."""
     name, _, arg = text.strip().partition(":")
-    kinds = {"gaussian": GaussianNoise, "dirichlet": DirichletNoise, "misinformation": Misinformation,
-             "top1-preserving": TopOnePreserving}
+    kinds = {
+        "gaussian": GaussianNoise,
+        "dirichlet": DirichletNoise,
+        "misinformation": Misinformation,
+        "top1-preserving": TopOnePreserving,
+    }
     if name not in kinds:
         raise ConfigError(f"unknown policy {text!r}; use one of: {POLICIES}")
     try:

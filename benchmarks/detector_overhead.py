@@ -1,0 +1,74 @@
+"""What the defense adds to each query: detector time against the victim's own forward pass.
+
+Measures, per batch size, the undefended oracle (victim forward + softmax), the defended oracle on
+in-distribution traffic (MNIST test: detector cost, policy almost never used) and on
+out-of-distribution traffic (Fashion-MNIST: nearly every answer comes from the policy).
+
+    python -m benchmarks.detector_overhead --victim DIR --defense DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from mea.data import load
+from mea.defenses.store import load_defense
+from mea.oracle import VictimOracle
+from mea.victim import load_victim
+
+
+def per_image_us(call, images: torch.Tensor, batch: int, repeats: int) -> float:
+    """Median over repeats of the time per image, answering `images` in batches of `batch`."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch):
+            call(images[i : i + batch])
+        times.append((time.perf_counter() - start) / len(images) * 1e6)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--victim", type=Path, required=True)
+    parser.add_argument("--defense", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/detector_overhead.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+    victim = load_victim(args.victim)
+    defense = load_defense(args.defense, victim)
+    mnist = load("mnist", "test").images[: args.images]
+    fashion = load("fashion-mnist", "test").images[: args.images]
+    plain = VictimOracle(victim.model)
+    defended = defense.oracle(victim)
+
+    rows = []
+    for batch in (1, 32, 256, 1024):
+        images = mnist[: max(512, args.images // (64 if batch == 1 else 1))]
+        victim_us = per_image_us(plain.query, images, batch, args.repeats)
+        id_us = per_image_us(defended.query, images, batch, args.repeats)
+        ood_us = per_image_us(defended.query, fashion[: len(images)], batch, args.repeats)
+        rows.append({"batch": batch, "victim_us": victim_us, "defended_id_us": id_us, "defended_ood_us": ood_us,
+                     "detector_overhead": id_us / victim_us - 1, "ood_overhead": ood_us / victim_us - 1})
+        print(f"batch {batch:5d}: victim {victim_us:7.1f} us/image, defended ID {id_us:7.1f} "
+              f"(+{id_us / victim_us - 1:.1%}), defended OOD {ood_us:7.1f} (+{ood_us / victim_us - 1:.1%})",
+              flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                                    "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

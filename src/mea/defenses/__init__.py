@@ -1,0 +1,1 @@
+"""Defenses: an OOD query detector, response policies, and the defended oracle that combines them."""

@@ -1,0 +1,178 @@
+"""The query detector: in- or out-of-distribution, from Mahalanobis distances and confidence.
+
+Each component score is made comparable by standardising it with its mean and deviation on the
+victim's training data; the detector's score is their sum, and a query is flagged when the score
+exceeds a threshold set on the held-out calibration split at a target false-positive rate.  How far
+beyond the threshold a query lies is its severity, from 0 at the threshold to 1 at the score only a
+tenth as many calibration images exceed, so that responses can grow with the evidence.
+Components: the Mahalanobis distance (Lee et al. 2018) on each chosen layer, in log scale, and the
+victim's maximum softmax probability (Hendrycks & Gimpel 2017, "A Baseline for Detecting
+Misclassified and Out-of-Distribution Examples"), as log(-log p_max), which grows as confidence falls.
+
+No OOD sample is used to fit, standardise or calibrate anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mea.defenses.mahalanobis import ClassGaussians, layer_features
+from mea.errors import ArtifactError, ConfigError
+
+CONFIDENCE = "confidence"
+DEFAULT_LAYERS = ("conv1", "conv2")
+
+
+def confidence_score(probabilities: torch.Tensor) -> torch.Tensor:
+    """log(-log p_max): higher for less confident answers; finite for p_max = 1 too."""
+    p_max = probabilities.double().max(1).values.clamp(1e-300, 1 - 1e-15)
+    return torch.log(-torch.log(p_max))
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    use_confidence: bool = True
+    target_fpr: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_fpr < 1:
+            raise ConfigError(f"the target false-positive rate must lie in (0, 1), got {self.target_fpr}")
+        if not self.layers and not self.use_confidence:
+            raise ConfigError("the detector needs at least one layer or the confidence score")
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    mean: float
+    std: float
+
+    def __call__(self, score: torch.Tensor) -> torch.Tensor:
+        return (score - self.mean) / self.std
+
+
+class OodDetector:
+    """Scores queries from the victim's features and probabilities; flags those above the threshold."""
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        gaussians: dict[str, ClassGaussians],
+        standardisers: dict[str, Standardiser],
+        threshold: float,
+        saturation: float,
+    ) -> None:
+        self.config = config
+        self.gaussians = gaussians
+        self.standardisers = standardisers
+        self.threshold = threshold
+        self.saturation = saturation
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.config.layers
+
+    def component_scores(
+        self, features: dict[str, torch.Tensor], probabilities: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Each component's raw score (higher = less like the training data)."""
+        scores = {layer: self.gaussians[layer].min_distance(features[layer]).log() for layer in self.layers}
+        if self.config.use_confidence:
+            scores[CONFIDENCE] = confidence_score(probabilities)
+        return scores
+
+    def score(self, features: dict[str, torch.Tensor], probabilities: torch.Tensor) -> torch.Tensor:
+        components = self.component_scores(features, probabilities)
+        return torch.stack([self.standardisers[name](value) for name, value in components.items()]).sum(0)
+
+    def flag(self, features: dict[str, torch.Tensor], probabilities: torch.Tensor) -> torch.Tensor:
+        return self.score(features, probabilities) > self.threshold
+
+    def severity(self, scores: torch.Tensor) -> torch.Tensor:
+        """0 at the threshold, rising linearly to 1 at the saturation score."""
+        return ((scores - self.threshold) / max(self.saturation - self.threshold, 1e-12)).clamp(0, 1)
+
+    def calibrated(self, calibration_scores: torch.Tensor, target_fpr: float) -> OodDetector:
+        """This detector with its threshold set on in-distribution calibration scores."""
+        config = DetectorConfig(self.config.layers, self.config.use_confidence, target_fpr)
+        threshold = float(torch.quantile(calibration_scores, 1 - target_fpr))
+        saturation = float(torch.quantile(calibration_scores, 1 - target_fpr / 10))
+        return OodDetector(config, self.gaussians, self.standardisers, threshold, saturation)
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        calibration_images: torch.Tensor,
+        config: DetectorConfig,
+    ) -> OodDetector:
+        """Fit Gaussians and standardisers on the victim's training data, the threshold on calibration data."""
+        unknown = [layer for layer in config.layers if layer not in getattr(model, "feature_names", ())]
+        if unknown:
+            names = ", ".join(getattr(model, "feature_names", ())) or "none"
+            raise ConfigError(f"the victim has no layer {', '.join(unknown)}; its layers: {names}")
+        features = layer_features(model, train_images, (*config.layers, "logits"))
+        gaussians = {layer: ClassGaussians.fit(features[layer], train_labels) for layer in config.layers}
+        unfitted = cls(config, gaussians, {}, float("inf"), float("inf"))
+        train_scores = unfitted.component_scores(features, features["logits"].softmax(1))
+        standardisers = {
+            name: Standardiser(float(value.mean()), float(value.std().clamp_min(1e-12)))
+            for name, value in train_scores.items()
+        }
+        detector = cls(config, gaussians, standardisers, float("inf"), float("inf"))
+        return detector.calibrated(detector.score_images(model, calibration_images), config.target_fpr)
+
+    def score_images(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Scores computed with a forward pass of their own (for evaluation and calibration)."""
+        features = layer_features(model, images, (*self.layers, "logits"))
+        return self.score(features, features["logits"].softmax(1))
+
+    # --- storage: safetensors for tensors, JSON for the rest ------------------------------------
+
+    def save(self, directory: Path) -> None:
+        tensors = {}
+        for layer, gaussian in self.gaussians.items():
+            tensors[f"{layer}.means"] = gaussian.means.contiguous()
+            tensors[f"{layer}.whitener"] = gaussian.whitener.contiguous()
+        save_file(tensors, str(directory / "detector.safetensors"), metadata={"format": "mea-detector-v1"})
+        (directory / "detector.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
+
+    def describe(self) -> dict:
+        return {
+            "layers": list(self.layers),
+            "use_confidence": self.config.use_confidence,
+            "target_fpr": self.config.target_fpr,
+            "threshold": self.threshold,
+            "saturation": self.saturation,
+            "standardisers": {name: {"mean": s.mean, "std": s.std} for name, s in self.standardisers.items()},
+        }
+
+    @classmethod
+    def load(cls, directory: Path) -> OodDetector:
+        try:
+            meta = json.loads((directory / "detector.json").read_text())
+            tensors = load_file(str(directory / "detector.safetensors"))
+            config = DetectorConfig(tuple(meta["layers"]), bool(meta["use_confidence"]), float(meta["target_fpr"]))
+            gaussians = {
+                layer: ClassGaussians(tensors[f"{layer}.means"], tensors[f"{layer}.whitener"])
+                for layer in config.layers
+            }
+            standardisers = {name: Standardiser(s["mean"], s["std"]) for name, s in meta["standardisers"].items()}
+            return cls(config, gaussians, standardisers, float(meta["threshold"]), float(meta["saturation"]))
+        except FileNotFoundError as exc:
+            raise ArtifactError(
+                f"{directory} is not a defense directory ({Path(exc.filename).name} missing); "
+                "create one with `mea defend fit --victim DIR --out DIR`"
+            ) from None
+        except (KeyError, ValueError, TypeError, OSError, SafetensorError) as exc:
+            raise ArtifactError(f"the detector in {directory} is corrupt ({exc!r}); fit it again") from None

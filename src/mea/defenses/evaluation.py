@@ -1,0 +1,281 @@
+"""An honest evaluation of a defense: what it costs benign users, what it costs each attacker.
+
+For every attacker query source it reports how well the detector separates those queries from
+MNIST test (AUROC) and how many it flags; the clone an attacker gets with and without the defense at
+the same budget; how many queries (and how much time) an attacker needs to reach 90% and 95% clone
+accuracy; and benign accuracy, MNIST test answered through the defense.  A threshold sweep traces
+benign accuracy against clone accuracy; every threshold is calibrated on the victim's held-out
+calibration split, never on the sets evaluated here.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+from tqdm.auto import tqdm
+
+from mea import __version__
+from mea.data import MnistSplits, load, make_pool
+from mea.data.pools import check_pool_name
+from mea.defenses.mahalanobis import layer_features
+from mea.defenses.policies import parse_policy
+from mea.defenses.store import Defense
+from mea.errors import ConfigError
+from mea.experiments.attack import AttackConfig, run_attack
+from mea.oracle import VictimOracle
+from mea.plots import line_plot, roc_png
+from mea.runs import check_out, command_line, run_directory, write_json
+from mea.training import TrainConfig
+from mea.victim import Victim
+
+SOURCES = ("mnist-train", "fashion-mnist", "uniform", "gaussian")
+ACCURACY_LEVELS = (0.90, 0.95)
+# Detection is scored on at most this many queries per source (AUROC needs no more).
+DETECTION_SAMPLE = 10_000
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    queries: int = 50_000
+    sources: tuple[str, ...] = SOURCES
+    fpr_sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+    sweep_sources: tuple[str, ...] = ("fashion-mnist", "mnist-train")
+    policies: tuple[str, ...] = ("misinformation", "gaussian", "dirichlet", "top1-preserving")
+    cost_budgets: tuple[int, ...] = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.queries <= 0:
+            raise ConfigError(f"queries must be positive, got {self.queries}")
+        for rate in self.fpr_sweep:
+            if not 0 < rate < 1:
+                raise ConfigError(f"every swept false-positive rate must lie in (0, 1), got {rate}")
+        for policy in self.policies:
+            parse_policy(policy)
+        for source in (*self.sources, *self.sweep_sources):
+            check_pool_name(source)
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        """The cost ladder, capped at the evaluation's budget (which is always its last rung)."""
+        return tuple(sorted({b for b in self.cost_budgets if b < self.queries} | {self.queries}))
+
+
+def _auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
+    truth = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    return float(roc_auc_score(truth, np.r_[in_scores.numpy(), out_scores.numpy()]))
+
+
+def evaluate_defense(
+    victim: Victim,
+    defense: Defense,
+    config: EvaluationConfig,
+    out: Path,
+    data_dir: Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Run the evaluation and write defense.json, tradeoff.csv/png, roc.png and cost.csv into out."""
+    check_out(out, force)
+    start = time.perf_counter()
+    test = load("mnist", "test", data_dir)
+    calibration_size = int(victim.config.get("splits", {}).get("calibration_size", MnistSplits().calibration_size))
+    calibration = load("mnist", "train", data_dir).subset(MnistSplits(calibration_size).calibration)
+    detector = defense.detector
+    pools = {source: make_pool(source, data_dir, seed=config.seed) for source in config.sources}
+
+    def attack(source: str, queries: int, defended: bool, detector_override=None, policy=None) -> dict:
+        attack_config = AttackConfig(queries=queries, pool=source, train=config.train, seed=config.seed)
+        oracle = defense.oracle(victim, budget=queries, detector=detector_override, policy=policy) if defended else None
+        return run_attack(attack_config, victim, data_dir, oracle=oracle, progress=False)
+
+    def benign_accuracy(detector_override=None, policy=None) -> float:
+        answers, _ = defense.oracle(victim, detector=detector_override, policy=policy).answer(test.images)
+        return float((answers.argmax(1) == test.labels).float().mean())
+
+    n_runs = (
+        2 * len(config.sources) * len(config.budgets)
+        + len(config.fpr_sweep) * len(config.sweep_sources)
+        + len(config.policies) * len(config.sweep_sources)
+    )
+    bar = tqdm(total=n_runs, desc="defense evaluation", unit="attack", disable=not progress, leave=False)
+
+    # Detection: scores of MNIST test (in-distribution) against each source's queries.
+    test_scores = detector.score_images(victim.model, test.images)
+    components_test = _components(defense, victim, test.images)
+    detection, roc_curves, components = {}, {}, {}
+    for source, pool in pools.items():
+        sample = pool.images[:DETECTION_SAMPLE]
+        scores = detector.score_images(victim.model, sample)
+        detection[source] = {
+            "auroc": _auroc(test_scores, scores),
+            "flagged_rate": float(
+                (detector.score_images(victim.model, pool.images[: config.queries]) > detector.threshold).float().mean()
+            ),
+        }
+        truth = np.r_[np.zeros(len(test_scores)), np.ones(len(scores))]
+        fpr, tpr, _ = roc_curve(truth, np.r_[test_scores.numpy(), scores.numpy()])
+        roc_curves[source] = (fpr, tpr, detection[source]["auroc"])
+        source_components = _components(defense, victim, sample)
+        components[source] = {name: _auroc(components_test[name], value) for name, value in source_components.items()}
+    benign_flagged = float((test_scores > detector.threshold).float().mean())
+
+    # Benign accuracy, undefended and defended.
+    undefended_benign = float((VictimOracle(victim.model).query(test.images).argmax(1) == test.labels).float().mean())
+    defended_benign = benign_accuracy()
+
+    # Clone quality and attack cost, per source, without and with the defense.
+    clone_accuracy, clone_fidelity, cost_rows = {}, {}, []
+    for source in config.sources:
+        clone_accuracy[source], clone_fidelity[source] = {}, {}
+        for defended in (False, True):
+            key = "defended" if defended else "undefended"
+            for budget in config.budgets:
+                metrics = attack(source, budget, defended)
+                bar.update()
+                cost_rows.append(
+                    {
+                        "source": source,
+                        "defense": key,
+                        "queries": budget,
+                        "clone_accuracy": metrics["clone"]["accuracy"],
+                        "fidelity": metrics["clone"]["fidelity"],
+                        "time_s": metrics["time_s"]["query"] + metrics["time_s"]["train"],
+                    }
+                )
+            clone_accuracy[source][key] = cost_rows[-1]["clone_accuracy"]
+            clone_fidelity[source][key] = cost_rows[-1]["fidelity"]
+    attack_cost = {
+        source: {
+            key: {f"{level:.0%}": _first_reaching(cost_rows, source, key, level) for level in ACCURACY_LEVELS}
+            for key in ("undefended", "defended")
+        }
+        for source in config.sources
+    }
+
+    # The trade-off: benign accuracy against clone accuracy as the threshold sweeps.
+    calibration_scores = detector.score_images(victim.model, calibration.images)
+    tradeoff = []
+    for rate in config.fpr_sweep:
+        swept = detector.calibrated(calibration_scores, rate)
+        row = {
+            "target_fpr": rate,
+            "threshold": swept.threshold,
+            "benign_accuracy": benign_accuracy(swept),
+            "benign_flagged": float((test_scores > swept.threshold).float().mean()),
+        }
+        for source in config.sweep_sources:
+            row[f"clone_accuracy[{source}]"] = attack(source, config.queries, True, detector_override=swept)["clone"][
+                "accuracy"
+            ]
+            bar.update()
+        tradeoff.append(row)
+
+    # Response policies compared at the default threshold.
+    policies = []
+    for spec in config.policies:
+        policy = parse_policy(spec)
+        row = {
+            "policy": policy.spec,
+            "preserves_top1": policy.preserves_top1,
+            "benign_accuracy": benign_accuracy(policy=policy),
+        }
+        for source in config.sweep_sources:
+            row[f"clone_accuracy[{source}]"] = attack(source, config.queries, True, policy=policy)["clone"]["accuracy"]
+            bar.update()
+        policies.append(row)
+    bar.close()
+
+    result = {
+        "benign_accuracy": {
+            "undefended": undefended_benign,
+            "defended": defended_benign,
+            "drop_pp": 100 * (undefended_benign - defended_benign),
+        },
+        "detector": detection,
+        "detector_components_auroc": components,
+        "clone_accuracy": clone_accuracy,
+        "clone_fidelity": clone_fidelity,
+        "attack_cost": attack_cost,
+        "threshold": detector.threshold,
+        "target_fpr": detector.config.target_fpr,
+        "benign_flagged_rate": benign_flagged,
+        "policy": defense.policy.spec,
+        "guarantee": _guarantee(defense, undefended_benign, defended_benign, benign_flagged),
+        "tradeoff": tradeoff,
+        "policies": policies,
+        "config": {
+            **asdict(config),
+            "victim_fingerprint": victim.fingerprint,
+            "defense": str(defense.directory),
+            "mea_version": __version__,
+            "command": command_line(),
+        },
+        "time_s": time.perf_counter() - start,
+    }
+    with run_directory(out, force) as scratch:
+        write_json(scratch / "defense.json", result)
+        _write_csv(scratch / "tradeoff.csv", tradeoff)
+        _write_csv(scratch / "cost.csv", cost_rows)
+        _write_csv(scratch / "policies.csv", policies)
+        roc_png(roc_curves, "Detector ROC: MNIST test (in-distribution) vs each query source", scratch / "roc.png")
+        line_plot(
+            {
+                source: (
+                    [r["benign_accuracy"] * 100 for r in tradeoff],
+                    [r[f"clone_accuracy[{source}]"] * 100 for r in tradeoff],
+                )
+                for source in config.sweep_sources
+            },
+            xlabel="benign accuracy on MNIST test through the defense (%)",
+            ylabel=f"clone accuracy on MNIST test (%), {config.queries:,} queries",
+            title="Defense trade-off as the threshold sweeps (target FPR 0.1% to 30%)",
+            path=scratch / "tradeoff.png",
+            annotations=[f"{r['target_fpr']:g}" for r in tradeoff],
+        )
+    return result
+
+
+def _components(defense: Defense, victim: Victim, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    detector = defense.detector
+    features = layer_features(victim.model, images, (*detector.layers, "logits"))
+    return detector.component_scores(features, features["logits"].softmax(1))
+
+
+def _first_reaching(rows: list[dict], source: str, key: str, level: float) -> dict | str:
+    for row in rows:
+        if row["source"] == source and row["defense"] == key and row["clone_accuracy"] >= level:
+            return {"queries": row["queries"], "time_s": row["time_s"]}
+    return "not reached within budget"
+
+
+def _guarantee(defense: Defense, undefended: float, defended: float, flagged: float) -> dict:
+    if defense.policy.preserves_top1:
+        statement = "top-1-preserving policy: benign top-1 accuracy is unchanged by construction"
+    else:
+        statement = (
+            "label-changing policy: benign accuracy can fall by at most the benign flagged rate "
+            "(only flagged queries are answered differently)"
+        )
+    return {
+        "statement": statement,
+        "benign_flagged_rate": flagged,
+        "bound_pp": 0.0 if defense.policy.preserves_top1 else 100 * flagged,
+        "measured_drop_pp": 100 * (undefended - defended),
+    }
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

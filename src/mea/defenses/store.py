@@ -1,0 +1,115 @@
+"""A defense directory: the fitted detector, the default response policy and the noise secret,
+tied to one victim by the fingerprint of its weights.
+
+    detector.safetensors   class means and whitening factors per layer
+    detector.json          layers, standardisers, threshold and target false-positive rate
+    defense-config.json    victim fingerprint, policy, calibration record, command line
+    secret.key             32 random bytes (hex) that key the noise; readable by the owner only
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mea import __version__
+from mea.data import MnistSplits, load
+from mea.defenses.defended_oracle import DefendedOracle
+from mea.defenses.detector import DetectorConfig, OodDetector
+from mea.defenses.policies import Policy, parse_policy
+from mea.errors import ArtifactError
+from mea.oracle import OutputMode, VictimOracle
+from mea.runs import command_line, read_json, run_directory, write_json
+from mea.victim import Victim
+
+DEFAULT_POLICY = "misinformation:0.9"
+
+
+@dataclass(frozen=True)
+class Defense:
+    directory: Path
+    detector: OodDetector
+    policy: Policy
+    secret: bytes
+    victim_fingerprint: str
+
+    def oracle(
+        self,
+        victim: Victim,
+        output: OutputMode | None = None,
+        budget: int | None = None,
+        policy: Policy | None = None,
+        detector: OodDetector | None = None,
+    ) -> DefendedOracle:
+        """The defended victim as an oracle (policy and detector may be overridden, e.g. for sweeps)."""
+        return DefendedOracle(
+            VictimOracle(victim.model, budget=budget),
+            detector or self.detector,
+            policy or self.policy,
+            self.secret,
+            output,
+        )
+
+
+def fit_defense(
+    victim: Victim,
+    out: Path,
+    config: DetectorConfig,
+    policy: str = DEFAULT_POLICY,
+    data_dir: Path | None = None,
+    force: bool = False,
+) -> Defense:
+    """Fit the detector on the victim's training split and calibrate it on the calibration split."""
+    parsed_policy = parse_policy(policy)
+    splits_record = victim.config.get("splits", {})
+    splits = MnistSplits(int(splits_record.get("calibration_size", MnistSplits().calibration_size)))
+    start = time.perf_counter()
+    with run_directory(out, force) as scratch:
+        train = load("mnist", "train", data_dir)
+        fit_set, calibration = train.subset(splits.victim_train), train.subset(splits.calibration)
+        detector = OodDetector.fit(victim.model, fit_set.images, fit_set.labels, calibration.images, config)
+        detector.save(scratch)
+        calibration_fpr = float(
+            (detector.score_images(victim.model, calibration.images) > detector.threshold).float().mean()
+        )
+        write_json(
+            scratch / "defense-config.json",
+            {
+                "victim": str(victim.directory),
+                "victim_fingerprint": victim.fingerprint,
+                "policy": parsed_policy.spec,
+                "detector": detector.describe(),
+                "fitted_on": splits.describe()["victim_train"],
+                "calibrated_on": splits.describe()["calibration"],
+                "calibration_fpr": calibration_fpr,
+                "fit_time_s": time.perf_counter() - start,
+                "mea_version": __version__,
+                "command": command_line(),
+            },
+        )
+        secret_path = scratch / "secret.key"
+        secret_path.write_text(secrets.token_hex(32) + "\n")
+        os.chmod(secret_path, 0o600)
+    return load_defense(out, victim)
+
+
+def load_defense(directory: Path, victim: Victim) -> Defense:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"defense directory {directory} does not exist; create it with `mea defend fit`")
+    config = read_json(directory / "defense-config.json", "not a defense directory; create one with `mea defend fit`")
+    if config.get("victim_fingerprint") != victim.fingerprint:
+        raise ArtifactError(
+            f"the defense in {directory} was fitted for another victim ({config.get('victim')}); "
+            f"fit it for this one with `mea defend fit --victim {victim.directory} --out DIR`"
+        )
+    try:
+        secret = bytes.fromhex((directory / "secret.key").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        raise ArtifactError(f"{directory / 'secret.key'} is missing or corrupt; fit the defense again") from None
+    return Defense(
+        directory, OodDetector.load(directory), parse_policy(config["policy"]), secret, config["victim_fingerprint"]
+    )
