@@ -179,6 +179,8 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
         < result["clone_accuracy"]["fashion-mnist"]["undefended"] + 0.05
     )
     assert [row["target_fpr"] for row in result["tradeoff"]] == [0.01, 0.2]
+    assert set(result["layer_study"]) >= {"conv1", "fc2", "confidence", "conv1+conv2+confidence (default)"}
+    assert result["layer_study"]["conv1+conv2+confidence (default)"]["uniform"] > 0.99
     for name in ("tradeoff.png", "roc.png"):
         assert (out / name).stat().st_size > 10_000
     assert (out / "tradeoff.csv").read_text().startswith("target_fpr,threshold,benign_accuracy")

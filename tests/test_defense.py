@@ -160,3 +160,15 @@ def test_defense_directory_roundtrip_and_refusals(victim, defense, tmp_path, dat
     with pytest.raises(ConfigError, match="no layer conv9"):
         fit_defense(victim, tmp_path / "x", DetectorConfig(layers=("conv9",)), data_dir=data_dir)
     assert not (tmp_path / "x").exists()
+
+
+def test_confidence_score_resolves_very_confident_answers():
+    from mea.defenses.detector import confidence_score
+
+    logits = torch.tensor([[30.0, 0.0] + [-5.0] * 8, [20.0, 0.0] + [-5.0] * 8, [1.0, 0.9] + [0.0] * 8])
+    scores = confidence_score(logits)
+    # p_max rounds to 1 in float32 for the first two rows, yet their scores differ, in order.
+    assert torch.softmax(logits, 1)[0, 0] == 1.0 and torch.softmax(logits, 1)[1, 0] == 1.0
+    assert scores[0] < scores[1] < scores[2]
+    # -log p_max = log1p(e^-30 + 8 e^-35), so log(-log p_max) = -30 + log(1 + 8 e^-5) to float32 precision.
+    assert scores[0].item() == pytest.approx(-30.0 + np.log1p(8 * np.exp(-5.0)), abs=1e-4)

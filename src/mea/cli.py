@@ -332,7 +332,7 @@ def defend_fit_command(victim_dir, out, target_fpr, layers, confidence, policy, 
     defense = fit_defense(load_victim(victim_dir), out, config, policy, data_dir, force=force)
     detector = defense.detector
     console.print(
-        f"detector: layers {', '.join(detector.layers)}{' + confidence' if confidence else ''}; "
+        f"detector: layers {', '.join(detector.config.layers)}{' + confidence' if confidence else ''}; "
         f"threshold {detector.threshold:.3f} at target FPR {target_fpr:g}; policy {defense.policy.spec}"
     )
     console.print(f"defense written to [bold]{out}[/bold]")

@@ -53,6 +53,7 @@ def run_directory(out: Path, force: bool = False) -> Iterator[Path]:
     check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    scratch.chmod(0o755)  # mkdtemp makes it private; a finished run is an ordinary directory
     try:
         yield scratch
     except BaseException:

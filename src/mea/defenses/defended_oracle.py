@@ -67,10 +67,11 @@ class DefendedOracle:
     def answer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(answers in the output mode, which rows were flagged): the flags are for the audit log only."""
         probabilities, features = self._oracle.inspect(images, self._detector.layers)
-        scores = self._detector.score(features, probabilities)
+        scores = self._detector.score(features)
         flags = scores > self._detector.threshold
-        answers = probabilities.clone()
+        answers = probabilities
         if flags.any():
+            answers = probabilities.clone()
             severity = self._detector.severity(scores[flags])
             answers[flags] = self._policy(probabilities[flags], images[flags], severity, self._secret)
         return self._output(answers), flags

@@ -30,10 +30,17 @@ CONFIDENCE = "confidence"
 DEFAULT_LAYERS = ("conv1", "conv2")
 
 
-def confidence_score(probabilities: torch.Tensor) -> torch.Tensor:
-    """log(-log p_max): higher for less confident answers; finite for p_max = 1 too."""
-    p_max = probabilities.double().max(1).values.clamp(1e-300, 1 - 1e-15)
-    return torch.log(-torch.log(p_max))
+def confidence_score(logits: torch.Tensor) -> torch.Tensor:
+    """log(-log p_max): higher for less confident answers.
+
+    From logits, as log(log1p(sum over the other classes of exp(l_j - l_max)))): a confident p_max
+    is 1 - 1e-9, which a float32 probability (or 1 + 1e-9 in float32) rounds to exactly 1, losing
+    the very differences that matter here.
+    """
+    logits = logits.double()
+    top = logits.argmax(1, keepdim=True)
+    others = (logits - logits.gather(1, top)).exp().scatter(1, top, 0.0).sum(1)
+    return torch.log1p(others).clamp_min(1e-300).log().float()
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ class Standardiser:
 
 
 class OodDetector:
-    """Scores queries from the victim's features and probabilities; flags those above the threshold."""
+    """Scores queries from the victim's features; flags those above the threshold."""
 
     def __init__(
         self,
@@ -78,23 +85,23 @@ class OodDetector:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return self.config.layers
+        """The victim layers the detector reads (the logits too when it uses confidence)."""
+        layers = (*self.config.layers, "logits") if self.config.use_confidence else self.config.layers
+        return tuple(dict.fromkeys(layers))
 
-    def component_scores(
-        self, features: dict[str, torch.Tensor], probabilities: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def component_scores(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each component's raw score (higher = less like the training data)."""
-        scores = {layer: self.gaussians[layer].min_distance(features[layer]).log() for layer in self.layers}
+        scores = {layer: self.gaussians[layer].min_distance(features[layer]).log() for layer in self.config.layers}
         if self.config.use_confidence:
-            scores[CONFIDENCE] = confidence_score(probabilities)
+            scores[CONFIDENCE] = confidence_score(features["logits"])
         return scores
 
-    def score(self, features: dict[str, torch.Tensor], probabilities: torch.Tensor) -> torch.Tensor:
-        components = self.component_scores(features, probabilities)
+    def score(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        components = self.component_scores(features)
         return torch.stack([self.standardisers[name](value) for name, value in components.items()]).sum(0)
 
-    def flag(self, features: dict[str, torch.Tensor], probabilities: torch.Tensor) -> torch.Tensor:
-        return self.score(features, probabilities) > self.threshold
+    def flag(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.score(features) > self.threshold
 
     def severity(self, scores: torch.Tensor) -> torch.Tensor:
         """0 at the threshold, rising linearly to 1 at the saturation score."""
@@ -121,21 +128,20 @@ class OodDetector:
         if unknown:
             names = ", ".join(getattr(model, "feature_names", ())) or "none"
             raise ConfigError(f"the victim has no layer {', '.join(unknown)}; its layers: {names}")
-        features = layer_features(model, train_images, (*config.layers, "logits"))
-        gaussians = {layer: ClassGaussians.fit(features[layer], train_labels) for layer in config.layers}
-        unfitted = cls(config, gaussians, {}, float("inf"), float("inf"))
-        train_scores = unfitted.component_scores(features, features["logits"].softmax(1))
+        unfitted = cls(config, {}, {}, float("inf"), float("inf"))
+        features = layer_features(model, train_images, unfitted.layers)
+        unfitted.gaussians.update({layer: ClassGaussians.fit(features[layer], train_labels) for layer in config.layers})
+        train_scores = unfitted.component_scores(features)
         standardisers = {
             name: Standardiser(float(value.mean()), float(value.std().clamp_min(1e-12)))
             for name, value in train_scores.items()
         }
-        detector = cls(config, gaussians, standardisers, float("inf"), float("inf"))
+        detector = cls(config, unfitted.gaussians, standardisers, float("inf"), float("inf"))
         return detector.calibrated(detector.score_images(model, calibration_images), config.target_fpr)
 
     def score_images(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Scores computed with a forward pass of their own (for evaluation and calibration)."""
-        features = layer_features(model, images, (*self.layers, "logits"))
-        return self.score(features, features["logits"].softmax(1))
+        return self.score(layer_features(model, images, self.layers))
 
     # --- storage: safetensors for tensors, JSON for the rest ------------------------------------
 
@@ -149,7 +155,7 @@ class OodDetector:
 
     def describe(self) -> dict:
         return {
-            "layers": list(self.layers),
+            "layers": list(self.config.layers),
             "use_confidence": self.config.use_confidence,
             "target_fpr": self.config.target_fpr,
             "threshold": self.threshold,

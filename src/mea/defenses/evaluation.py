@@ -21,13 +21,15 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
 from mea import __version__
-from mea.data import MnistSplits, load, make_pool
+from mea.data import ImageSet, MnistSplits, load, make_pool
 from mea.data.pools import check_pool_name
+from mea.defenses.detector import CONFIDENCE, DetectorConfig, OodDetector
 from mea.defenses.mahalanobis import layer_features
 from mea.defenses.policies import parse_policy
 from mea.defenses.store import Defense
 from mea.errors import ConfigError
 from mea.experiments.attack import AttackConfig, run_attack
+from mea.models import LeNet5
 from mea.oracle import VictimOracle
 from mea.plots import line_plot, roc_png
 from mea.runs import check_out, command_line, run_directory, write_json
@@ -87,7 +89,9 @@ def evaluate_defense(
     start = time.perf_counter()
     test = load("mnist", "test", data_dir)
     calibration_size = int(victim.config.get("splits", {}).get("calibration_size", MnistSplits().calibration_size))
-    calibration = load("mnist", "train", data_dir).subset(MnistSplits(calibration_size).calibration)
+    splits = MnistSplits(calibration_size)
+    mnist_train = load("mnist", "train", data_dir)
+    calibration, train_split = mnist_train.subset(splits.calibration), mnist_train.subset(splits.victim_train)
     detector = defense.detector
     pools = {source: make_pool(source, data_dir, seed=config.seed) for source in config.sources}
 
@@ -109,8 +113,7 @@ def evaluate_defense(
 
     # Detection: scores of MNIST test (in-distribution) against each source's queries.
     test_scores = detector.score_images(victim.model, test.images)
-    components_test = _components(defense, victim, test.images)
-    detection, roc_curves, components = {}, {}, {}
+    detection, roc_curves = {}, {}
     for source, pool in pools.items():
         sample = pool.images[:DETECTION_SAMPLE]
         scores = detector.score_images(victim.model, sample)
@@ -123,9 +126,8 @@ def evaluate_defense(
         truth = np.r_[np.zeros(len(test_scores)), np.ones(len(scores))]
         fpr, tpr, _ = roc_curve(truth, np.r_[test_scores.numpy(), scores.numpy()])
         roc_curves[source] = (fpr, tpr, detection[source]["auroc"])
-        source_components = _components(defense, victim, sample)
-        components[source] = {name: _auroc(components_test[name], value) for name, value in source_components.items()}
     benign_flagged = float((test_scores > detector.threshold).float().mean())
+    study = layer_study(victim, train_split, test.images, {s: p.images[:DETECTION_SAMPLE] for s, p in pools.items()})
 
     # Benign accuracy, undefended and defended.
     undefended_benign = float((VictimOracle(victim.model).query(test.images).argmax(1) == test.labels).float().mean())
@@ -200,7 +202,7 @@ def evaluate_defense(
             "drop_pp": 100 * (undefended_benign - defended_benign),
         },
         "detector": detection,
-        "detector_components_auroc": components,
+        "layer_study": study,
         "clone_accuracy": clone_accuracy,
         "clone_fidelity": clone_fidelity,
         "attack_cost": attack_cost,
@@ -243,10 +245,47 @@ def evaluate_defense(
     return result
 
 
-def _components(defense: Defense, victim: Victim, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    detector = defense.detector
-    features = layer_features(victim.model, images, (*detector.layers, "logits"))
-    return detector.component_scores(features, features["logits"].softmax(1))
+# Candidate detectors for the layer study: each a set of components summed after standardisation.
+LAYER_CANDIDATES = {
+    **{layer: (layer,) for layer in LeNet5.feature_names},
+    CONFIDENCE: (CONFIDENCE,),
+    "conv1+conv2": ("conv1", "conv2"),
+    "conv1+conv2+confidence (default)": ("conv1", "conv2", CONFIDENCE),
+    "fc2+confidence": ("fc2", CONFIDENCE),
+    "all layers": LeNet5.feature_names,
+    "all layers+confidence": (*LeNet5.feature_names, CONFIDENCE),
+}
+
+
+def layer_study(victim: Victim, train: ImageSet, test_images: torch.Tensor, sources: dict[str, torch.Tensor]) -> dict:
+    """AUROC of MNIST test against each source, for each candidate set of layers.
+
+    Every candidate is fitted and standardised on the victim's training split only, as the
+    detector is: which layers separate the distributions is measured here, not assumed.
+    """
+    if tuple(getattr(victim.model, "feature_names", ())) != LeNet5.feature_names:
+        return {}
+    everything = OodDetector.fit(
+        victim.model,
+        train.images,
+        train.labels,
+        train.images[:1000],
+        DetectorConfig(layers=LeNet5.feature_names, use_confidence=True),
+    )
+
+    def standardised(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        components = everything.component_scores(layer_features(victim.model, images, everything.layers))
+        return {name: everything.standardisers[name](value) for name, value in components.items()}
+
+    test_components = standardised(test_images)
+    study: dict[str, dict[str, float]] = {}
+    for source, images in sources.items():
+        source_components = standardised(images)
+        for candidate, names in LAYER_CANDIDATES.items():
+            in_scores = torch.stack([test_components[n] for n in names]).sum(0)
+            out_scores = torch.stack([source_components[n] for n in names]).sum(0)
+            study.setdefault(candidate, {})[source] = _auroc(in_scores, out_scores)
+    return study
 
 
 def _first_reaching(rows: list[dict], source: str, key: str, level: float) -> dict | str:

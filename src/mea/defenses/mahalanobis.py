@@ -31,7 +31,7 @@ def layer_features(model: nn.Module, images: torch.Tensor, layers: tuple[str, ..
             features = model.features(images[start : start + _CHUNK])
             for name in layers:
                 parts[name].append(pooled(features[name]))
-    return {name: torch.cat(chunks).double() for name, chunks in parts.items()}
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,14 @@ class ClassGaussians:
 
     means: torch.Tensor  # (classes, d)
     whitener: torch.Tensor  # (d, d): W with W W^T = inverse covariance
+
+    def __post_init__(self) -> None:
+        # Scoring runs on every query: keep float32 copies and the class means already whitened.
+        whitener = self.whitener.float()
+        centres = self.means.float() @ whitener
+        object.__setattr__(self, "_whitener32", whitener)
+        object.__setattr__(self, "_centres", centres)
+        object.__setattr__(self, "_centre_norms", centres.square().sum(1))
 
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor) -> ClassGaussians:
@@ -59,4 +67,7 @@ class ClassGaussians:
 
     def min_distance(self, features: torch.Tensor) -> torch.Tensor:
         """Smallest squared Mahalanobis distance to a class mean, shape (N,)."""
-        return torch.cdist(features.double() @ self.whitener, self.means @ self.whitener).square().min(1).values
+        z = features.float() @ self._whitener32
+        # |z - c|^2 = |z|^2 - 2 z.c + |c|^2, one matrix product for all classes.
+        distances = z.square().sum(1, keepdim=True) - 2 * z @ self._centres.T + self._centre_norms
+        return distances.min(1).values.clamp_min(1e-12)

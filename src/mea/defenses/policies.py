@@ -1,10 +1,10 @@
 """What a defended victim answers to a query its detector flags.
 
-Every policy is a deterministic function of the image and a secret: the noise for an image is drawn
-from a generator seeded by HMAC-SHA256(secret, image quantised to 8 bits).  Asking the same question
+Every policy is a deterministic function of the image and a secret: the noise for an image comes
+from a stream keyed by HMAC-SHA256(secret, image quantised to 8 bits).  Asking the same question
 again returns the same answer, so an attacker cannot average the noise away by repeating a query,
-and jitters below one grey level change nothing.  (Fresh noise per call, as in ART's GaussianNoise
-postprocessor, averages out over repeated queries.)
+and jitters below half a grey level change nothing.  (Fresh noise per call, as in ART's
+GaussianNoise postprocessor, averages out over repeated queries.)
 """
 
 from __future__ import annotations
@@ -16,20 +16,42 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from scipy.special import gammaincinv, ndtri
 
 from mea.errors import ConfigError
 from mea.models import NUM_CLASSES
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-def keyed_generators(secret: bytes, images: torch.Tensor) -> list[np.random.Generator]:
-    """One generator per image, seeded by a keyed hash of its 8-bit pixels."""
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 output function (Steele et al. 2014), vectorised; wraps modulo 2^64."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def keyed_uniforms(secret: bytes, images: torch.Tensor, count: int) -> np.ndarray:
+    """`count` uniforms in (0, 1) per image, a pure function of (secret, 8-bit pixels).
+
+    One HMAC per image seeds a SplitMix64 stream; the streams are drawn for the whole batch at once.
+    """
     pixels = (images.detach().reshape(len(images), -1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return [
-        np.random.Generator(
-            np.random.Philox(key=int.from_bytes(hmac.digest(secret, row.tobytes(), hashlib.sha256)[:16]))
-        )
-        for row in pixels
-    ]
+    seeds = np.array(
+        [int.from_bytes(hmac.digest(secret, row.tobytes(), hashlib.sha256)[:8], "little") for row in pixels],
+        dtype=np.uint64,
+    )
+    steps = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(seeds[:, None] + steps[None, :])
+    # The top 53 bits, offset by half a step: strictly inside (0, 1).
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+
+
+def _dirichlet(uniforms: np.ndarray, alpha: float) -> np.ndarray:
+    """Dirichlet(alpha) rows from uniforms, by normalised Gamma(alpha) inverse-CDF draws."""
+    gammas = np.maximum(gammaincinv(alpha, uniforms), 1e-300)
+    return gammas / gammas.sum(1, keepdims=True)
 
 
 class Policy(Protocol):
@@ -68,7 +90,7 @@ class GaussianNoise:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        noise = np.stack([g.normal(0.0, self.sigma, NUM_CLASSES) for g in keyed_generators(secret, images)])
+        noise = self.sigma * ndtri(keyed_uniforms(secret, images, NUM_CLASSES))
         noisy = (probs.double() + torch.from_numpy(noise)).clamp_min(0) + 1e-6
         return (noisy / noisy.sum(1, keepdim=True)).to(probs.dtype)
 
@@ -94,8 +116,7 @@ class DirichletNoise:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        draws = np.stack([g.dirichlet(np.full(NUM_CLASSES, self.alpha)) for g in keyed_generators(secret, images)])
-        return torch.from_numpy(draws).to(probs.dtype)
+        return torch.from_numpy(_dirichlet(keyed_uniforms(secret, images, NUM_CLASSES), self.alpha)).to(probs.dtype)
 
 
 @dataclass(frozen=True)
@@ -125,14 +146,14 @@ class Misinformation:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        misinformation = np.empty((len(probs), NUM_CLASSES))
-        for row, (generator, top) in enumerate(
-            zip(keyed_generators(secret, images), probs.argmax(1).tolist(), strict=True)
-        ):
-            wrong = (top + 1 + generator.integers(NUM_CLASSES - 1)) % NUM_CLASSES
-            others = np.arange(NUM_CLASSES) != wrong
-            misinformation[row, others] = generator.dirichlet(np.ones(NUM_CLASSES - 1)) * (1 - self.confidence)
-            misinformation[row, wrong] = self.confidence
+        uniforms = keyed_uniforms(secret, images, NUM_CLASSES + 1)
+        # The first uniform picks one of the nine other classes; the rest spread the remaining mass.
+        wrong = (probs.argmax(1).numpy() + 1 + (uniforms[:, 0] * (NUM_CLASSES - 1)).astype(np.int64)) % NUM_CLASSES
+        rows = np.arange(len(probs))
+        misinformation = _dirichlet(uniforms[:, 1:], 1.0)
+        misinformation[rows, wrong] = 0.0
+        misinformation *= (1 - self.confidence) / misinformation.sum(1, keepdims=True)
+        misinformation[rows, wrong] = self.confidence
         weight = severity.double().unsqueeze(1)
         return ((1 - weight) * probs.double() + weight * torch.from_numpy(misinformation)).to(probs.dtype)
 
@@ -163,8 +184,7 @@ class TopOnePreserving:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        draws = np.stack([g.dirichlet(np.full(NUM_CLASSES, self.alpha)) for g in keyed_generators(secret, images)])
-        answers = torch.from_numpy(draws)
+        answers = torch.from_numpy(_dirichlet(keyed_uniforms(secret, images, NUM_CLASSES), self.alpha))
         # Swap each row's largest draw into the victim's top class.
         top, largest = probs.argmax(1), answers.argmax(1)
         rows = torch.arange(len(answers))
