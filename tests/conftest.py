@@ -41,3 +41,13 @@ def victim_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="session")
 def victim(victim_dir: Path) -> Victim:
     return load_victim(victim_dir)
+
+
+@pytest.fixture(scope="session")
+def defense_dir(victim: Victim, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mea.defenses.detector import DetectorConfig
+    from mea.defenses.store import fit_defense
+
+    out = tmp_path_factory.mktemp("defense") / "defense"
+    fit_defense(victim, out, DetectorConfig(target_fpr=0.02), data_dir=data_dir)
+    return out

@@ -18,6 +18,7 @@ from mea.defenses.detector import DEFAULT_LAYERS
 from mea.defenses.evaluation import EvaluationConfig
 from mea.defenses.store import DEFAULT_POLICY
 from mea.errors import MeaError
+from mea.oracle import parse_output
 from mea.training import VICTIM_TRAINING, LabelLoss, Schedule, TrainConfig
 
 console = Console()
@@ -228,8 +229,12 @@ def _train_options(func):
     "victim_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Victim directory (from `mea train-victim`).",
+    help="Victim directory (from `mea train-victim`): attacked in-process, or with --url only used to score the clone.",
 )
+@click.option(
+    "--url", default=None, help="Attack a served victim (`mea serve`) over HTTP instead, e.g. http://127.0.0.1:8000."
+)
+@click.option("--api-key", envvar="MEA_API_KEY", default=None, help="The key for --url [default: $MEA_API_KEY].")
 @click.option(
     "--queries", type=int, default=60_000, show_default=True, callback=_positive_int, help="Query budget, in images."
 )
@@ -241,9 +246,9 @@ def _train_options(func):
 )
 @click.option(
     "--output",
-    default="probabilities",
-    show_default=True,
-    help="What the oracle reveals: probabilities, top-k[:K], label, rounded[:DECIMALS].",
+    default=None,
+    help="What the oracle reveals: probabilities, top-k[:K], label, rounded[:DECIMALS] "
+    "[default: probabilities; with --url, the service decides].",
 )
 @click.option("--strategy", default="random", show_default=True, help="How queries are chosen.")
 @click.option("--clone-arch", default="lenet5", show_default=True, help="lenet5, small-cnn or mlp.")
@@ -253,16 +258,36 @@ def _train_options(func):
 @data_dir_option
 @force_option
 @quiet_option
-def attack_command(victim_dir, queries, pool, output, strategy, clone_arch, train, seed, out, data_dir, force, quiet):
+def attack_command(
+    victim_dir, url, api_key, queries, pool, output, strategy, clone_arch, train, seed, out, data_dir, force, quiet
+):
     """Steal the victim: query it as a black box and train a clone on its answers."""
     from mea.experiments.attack import AttackConfig, run_attack
+    from mea.runs import check_out
     from mea.victim import load_victim
 
+    check_out(out, force)
+    oracle = None
+    if url is not None:
+        from mea.serve.client import HttpOracle
+
+        if not api_key:
+            raise MeaError("--url needs an API key: pass --api-key KEY or set MEA_API_KEY (`mea keys create`)")
+        oracle = HttpOracle(url, api_key)
+        if output is not None and parse_output(output) != oracle.output:
+            raise MeaError(f"the service answers in {oracle.output.spec}, not {output}; drop --output with --url")
+        output = oracle.output.spec
     config = AttackConfig(
-        queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train, seed=seed
+        queries=queries,
+        pool=pool,
+        output=output or "probabilities",
+        strategy=strategy,
+        clone_arch=clone_arch,
+        train=train,
+        seed=seed,
     )
     victim = load_victim(victim_dir)
-    metrics = run_attack(config, victim, data_dir, out=out, force=force, progress=not quiet)
+    metrics = run_attack(config, victim, data_dir, oracle=oracle, out=out, force=force, progress=not quiet)
     _print_metrics(metrics, metrics["time_s"], metrics["queries"])
     console.print(f"run written to [bold]{out}[/bold]")
 
@@ -443,6 +468,155 @@ def _print_defense(result: dict) -> None:
             f"{clone['undefended']:.2%}",
             f"{clone['defended']:.2%}",
             cost if isinstance(cost, str) else f"{cost['queries']:,} queries",
+        )
+    console.print(table)
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The service database (keys and audit log) [default: $MEA_SERVE_DB or ./mea-serve.db].",
+)
+
+
+def _db_path(db: Path | None) -> Path:
+    return db or Path(os.environ.get("MEA_SERVE_DB", "mea-serve.db"))
+
+
+@main.command("serve")
+@click.option("--victim", "victim_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--defense",
+    "defense_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Defense directory (from `mea defend fit`); none: answer every query exactly.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--output",
+    default="probabilities",
+    show_default=True,
+    help="Default output mode (keys may be restricted further): probabilities, top-k[:K], label, rounded[:DECIMALS].",
+)
+@click.option("--model-name", default="lenet-mnist", show_default=True)
+@click.option("--max-batch", type=int, default=1024, show_default=True, callback=_positive_int)
+@click.option("--max-body-mb", type=float, default=32.0, show_default=True, callback=_positive_float)
+@db_option
+def serve_command(victim_dir, defense_dir, host, port, output, model_name, max_batch, max_body_mb, db):
+    """Serve the victim over HTTP (Open Inference Protocol v2), with keys, quotas and an audit log."""
+    import uvicorn
+
+    from mea.defenses.store import load_defense
+    from mea.oracle import parse_output
+    from mea.serve.app import ServeConfig, create_app
+    from mea.victim import load_victim
+
+    parse_output(output)
+    victim = load_victim(victim_dir)
+    defense = load_defense(defense_dir, victim) if defense_dir is not None else None
+    config = ServeConfig(
+        db=_db_path(db),
+        model_name=model_name,
+        output=output,
+        max_batch=max_batch,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+    )
+    app = create_app(config, victim, defense)
+    click.echo(
+        f"serving {model_name} on http://{host}:{port} (defense: {defense_dir or 'none'}; "
+        f"output: {output}; database: {config.db})",
+        err=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the prediction service."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who the key is for.")
+@click.option("--quota", type=int, default=None, help="Images this key may send in all [default: unlimited].")
+@click.option("--rate", type=float, default=None, help="Images per second [default: unlimited].")
+@click.option("--output", default=None, help="Restrict this key to an output mode, e.g. label.")
+@db_option
+def keys_create(name, quota, rate, output, db):
+    """Create a key; prints it once on stdout (only its digest is stored)."""
+    from mea.serve.db import Database
+    from mea.serve.keys import KeyStore
+
+    key, token = KeyStore(Database(_db_path(db))).create(name, quota, rate, output)
+    click.echo(
+        f"created key {key.id} for {name!r} (quota {quota if quota is not None else 'unlimited'}, "
+        f"rate {rate if rate is not None else 'unlimited'}, output {output or 'server default'})",
+        err=True,
+    )
+    click.echo(token)
+
+
+@keys.command("list")
+@db_option
+def keys_list(db):
+    """List keys (ids, quotas, usage; never the keys themselves)."""
+    from mea.serve.db import Database
+    from mea.serve.keys import KeyStore
+
+    table = Table()
+    for column in ("id", "name", "quota", "used", "rate", "output", "status"):
+        table.add_column(column)
+    for key in KeyStore(Database(_db_path(db))).list():
+        table.add_row(
+            key.id,
+            key.name,
+            str(key.quota) if key.quota is not None else "unlimited",
+            str(key.used),
+            f"{key.rate:g}/s" if key.rate else "unlimited",
+            key.output or "default",
+            "revoked" if key.revoked else "active",
+        )
+    console.print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@db_option
+def keys_revoke(key_id, db):
+    """Revoke a key by its id."""
+    from mea.serve.db import Database
+    from mea.serve.keys import KeyStore
+
+    KeyStore(Database(_db_path(db))).revoke(key_id)
+    click.echo(f"revoked {key_id}")
+
+
+@main.command("audit")
+@db_option
+def audit_command(db):
+    """Summarise the audit log per client: requests, refusals, images, OOD rate, detector state."""
+    from mea.serve.audit import AuditLog
+    from mea.serve.db import Database
+
+    path = _db_path(db)
+    if not path.is_file():
+        raise MeaError(f"no service database at {path}; pass --db or start `mea serve` first")
+    table = Table(title=f"audit log {path}")
+    for column in ("key", "requests", "refused", "images", "flagged OOD", "OOD rate", "detector state"):
+        table.add_column(column)
+    for row in AuditLog(Database(path)).summary():
+        table.add_row(
+            row.key_id or "(no valid key)",
+            str(row.requests),
+            str(row.refused),
+            str(row.images),
+            str(row.flagged),
+            f"{row.ood_rate:.1%}",
+            row.last_state or "-",
         )
     console.print(table)
 

@@ -64,16 +64,21 @@ class DefendedOracle:
     def budget(self) -> int | None:
         return self._oracle.budget
 
-    def answer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(answers in the output mode, which rows were flagged): the flags are for the audit log only."""
+    def answer(self, images: torch.Tensor, severity_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answers in the output mode, which rows were flagged): the flags are for the audit log only.
+
+        A positive `severity_floor` sends every row through the policy with at least that severity:
+        how a service answers a client it already suspects.
+        """
         probabilities, features = self._oracle.inspect(images, self._detector.layers)
         scores = self._detector.score(features)
         flags = scores > self._detector.threshold
+        treated = flags | (severity_floor > 0)
         answers = probabilities
-        if flags.any():
+        if treated.any():
             answers = probabilities.clone()
-            severity = self._detector.severity(scores[flags])
-            answers[flags] = self._policy(probabilities[flags], images[flags], severity, self._secret)
+            severity = self._detector.severity(scores[treated]).clamp_min(severity_floor)
+            answers[treated] = self._policy(probabilities[treated], images[treated], severity, self._secret)
         return self._output(answers), flags
 
     def query(self, images: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,7 @@ def run_attack(
     victim_metrics = classification_metrics(victim_logits, test.labels).to_dict()
     resolved = {
         **asdict(config),
+        "oracle": getattr(oracle, "url", None) or "in-process",
         "uses_true_labels": config.uses_true_labels,
         "victim": str(victim.directory),
         "victim_fingerprint": victim.fingerprint,

@@ -1,0 +1,181 @@
+"""The Open Inference Protocol v2 (KServe, Triton) for one 28x28 grey-image classifier.
+
+Requests carry one input tensor, shape [B, 1, 28, 28] or [B, 784], datatype FP32 (pixels in [0, 1])
+or UINT8 (0..255), its data as a JSON list or, with Triton's binary tensor extension, as raw
+little-endian bytes after the JSON header (whose length the Inference-Header-Content-Length header
+gives).  Responses carry `probabilities` [B, 10] FP32 and `label` [B] INT64, as JSON or binary as
+the client asks.  Every client mistake becomes a ProtocolError with a 4xx status and a message
+that says what to send instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+INPUT_SHAPES = "[B, 1, 28, 28] or [B, 784]"
+PIXELS = 28 * 28
+_DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+OUTPUTS = ("probabilities", "label")
+
+
+class ProtocolError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    images: torch.Tensor  # (B, 1, 28, 28) float32 in [0, 1]
+    raw: bytes  # the input tensor's bytes as sent, for the audit digest
+    outputs: tuple[str, ...]
+    binary_outputs: frozenset[str]
+
+
+def _fail(message: str, status: int = 400) -> ProtocolError:
+    return ProtocolError(status, message)
+
+
+def _split(body: bytes, header_length: int | None) -> tuple[dict, bytes]:
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        if not 0 <= header_length <= len(body):
+            raise _fail(f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes")
+        header, binary = body[:header_length], body[header_length:]
+
+    try:
+        # orjson: several times faster than json on long lists of floats, and strict: NaN and
+        # Infinity are not JSON, so they are refused here.
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise _fail(f"the request body is not valid JSON ({exc}); NaN and Infinity are not JSON numbers") from None
+    if not isinstance(document, dict):
+        raise _fail('the request must be a JSON object like {"inputs": [...]}')
+    return document, binary
+
+
+def parse_infer_request(body: bytes, header_length: int | None, max_batch: int) -> InferRequest:
+    document, binary = _split(body, header_length)
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise _fail('"inputs" must be a list holding exactly one tensor: {"name", "shape", "datatype", "data"}')
+    tensor = inputs[0]
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _fail('"id" must be a string')
+
+    shape = tensor.get("shape")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+        raise _fail(f'"shape" must be a list of integers, {INPUT_SHAPES}')
+    if not (shape[1:] in ([1, 28, 28], [PIXELS]) and len(shape) in (2, 4)):
+        raise _fail(f"input shape {shape} is not {INPUT_SHAPES}")
+    batch = shape[0]
+    if batch < 1:
+        raise _fail(f"the batch size must be at least 1, got {batch}")
+    if batch > max_batch:
+        raise _fail(f"a batch of {batch} images exceeds the maximum of {max_batch}; split the request", 413)
+
+    datatype = tensor.get("datatype")
+    if datatype not in _DTYPES:
+        raise _fail(f"datatype {datatype!r} is not supported; send FP32 (pixels in [0, 1]) or UINT8 (0..255)")
+    dtype = _DTYPES[datatype]
+    count = batch * PIXELS
+
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise _fail('"parameters" must be an object')
+    binary_size = parameters.get("binary_data_size")
+    if binary_size is not None:
+        if header_length is None:
+            raise _fail("binary_data_size needs the Inference-Header-Content-Length header")
+        if binary_size != count * dtype.itemsize or len(binary) != binary_size:
+            raise _fail(
+                f"binary input has {len(binary)} bytes (binary_data_size {binary_size}); "
+                f"shape {shape} in {datatype} needs {count * dtype.itemsize}"
+            )
+        values = np.frombuffer(binary, dtype=dtype)
+        raw = binary
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise _fail('"data" must be a list of pixel values (row-major), or use the binary extension')
+        try:
+            values = np.asarray(data, dtype=np.float64).reshape(-1)
+        except (ValueError, TypeError):
+            raise _fail('"data" must hold numbers only, in a flat or regularly nested list') from None
+        if len(values) != count:
+            raise _fail(f'"data" holds {len(values)} values; shape {shape} needs {count}')
+        raw = values.astype(dtype).tobytes() if np.isfinite(values).all() else b""
+
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise _fail("the input contains NaN or infinite values; send finite pixel values")
+    if datatype == "FP32":
+        low, high = 0.0, 1.0
+    else:
+        low, high = 0.0, 255.0
+        if not np.array_equal(values, np.round(values)):
+            raise _fail("UINT8 pixels must be whole numbers in 0..255")
+    if values.min() < low or values.max() > high:
+        raise _fail(f"{datatype} pixels must lie in [{low:g}, {high:g}], got [{values.min():g}, {values.max():g}]")
+    images = torch.from_numpy((values / high if datatype == "UINT8" else values).astype(np.float32))
+
+    outputs, binary_outputs = _requested_outputs(document)
+    return InferRequest(request_id, images.reshape(batch, 1, 28, 28), raw, outputs, binary_outputs)
+
+
+def _requested_outputs(document: dict) -> tuple[tuple[str, ...], frozenset[str]]:
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise _fail('"parameters" must be an object')
+    all_binary = parameters.get("binary_data_output") is True
+    requested = document.get("outputs")
+    if requested is None:
+        return OUTPUTS, frozenset(OUTPUTS) if all_binary else frozenset()
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise _fail('"outputs" must be a list of {"name": ...} objects')
+    names, binary = [], set()
+    for output in requested:
+        name = output.get("name")
+        if name not in OUTPUTS:
+            raise _fail(f"unknown output {name!r}; this model has: {', '.join(OUTPUTS)}")
+        names.append(name)
+        options = output.get("parameters") or {}
+        if all_binary or (isinstance(options, dict) and options.get("binary_data") is True):
+            binary.add(name)
+    return tuple(dict.fromkeys(names)), frozenset(binary)
+
+
+def encode_infer_response(model: str, request: InferRequest, answers: torch.Tensor) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers (Inference-Header-Content-Length when binary)."""
+    tensors = {
+        "probabilities": ("FP32", [len(answers), answers.shape[1]], answers.numpy().astype("<f4")),
+        "label": ("INT64", [len(answers)], answers.argmax(1).numpy().astype("<i8")),
+    }
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name in request.outputs:
+        datatype, shape, array = tensors[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if name in request.binary_outputs:
+            data = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = array.reshape(-1)
+        outputs.append(entry)
+    document: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": outputs}
+    if request.id is not None:
+        document["id"] = request.id
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {}
+    return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}

@@ -1,0 +1,97 @@
+"""A real `mea serve` process on 127.0.0.1 with an ephemeral port, for the service tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    db: Path
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def logs(self) -> str:
+        return self.log.read_text()
+
+
+def start_server(victim_dir: Path, db: Path, log: Path, *extra: str, data_dir: Path | None = None) -> Server:
+    port = free_port()
+    env = {**os.environ, "CI": "true"}
+    if data_dir is not None:
+        env["MEA_DATA_DIR"] = str(data_dir)
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mea",
+            "--threads",
+            "1",
+            "serve",
+            "--victim",
+            str(victim_dir),
+            "--port",
+            str(port),
+            "--db",
+            str(db),
+            *extra,
+        ],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return Server(process, url, db, log)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the server did not become ready:\n{log.read_text()}")
+
+
+def create_key(db: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "mea", "keys", "create", "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def stop_all(*servers: Server) -> None:
+    for server in servers:
+        try:
+            server.stop()
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+
+
+__all__ = ["Server", "create_key", "free_port", "signal", "start_server", "stop_all"]
