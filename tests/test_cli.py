@@ -164,6 +164,8 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
         "misinformation,top1-preserving",
         "--min-steps",
         "60",
+        "--stream-queries",
+        "500",
         "--out",
         str(out),
         "-q",
@@ -181,6 +183,9 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
     assert [row["target_fpr"] for row in result["tradeoff"]] == [0.01, 0.2]
     assert set(result["layer_study"]) >= {"conv1", "fc2", "confidence", "conv1+conv2+confidence (default)"}
     assert result["layer_study"]["conv1+conv2+confidence (default)"]["uniform"] > 0.99
+    clients = result["client_detection"]
+    assert clients["benign (MNIST test in order)"]["suspect_at"] is None  # benign: never flagged
+    assert clients["random from uniform"]["refused_at"] is not None  # all noise: refused
     for name in ("tradeoff.png", "roc.png"):
         assert (out / name).stat().st_size > 10_000
     assert (out / "tradeoff.csv").read_text().startswith("target_fpr,threshold,benign_accuracy")

@@ -3,7 +3,7 @@
 import torch
 
 from mea.data import load
-from mea.serve.prada import NORMAL, REFUSED, SUSPECT, PradaConfig, PradaMonitor
+from mea.defenses.prada import NORMAL, REFUSED, SUSPECT, PradaConfig, PradaMonitor
 
 
 def feed(

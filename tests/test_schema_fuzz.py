@@ -5,13 +5,12 @@ and without a valid API key.
 """
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-
-from tests.serve_helpers import create_key, start_server, stop_all  # noqa: E402
+from mea.serve.process import create_key, start_server, stop_all
 
 
 @pytest.fixture(scope="module")

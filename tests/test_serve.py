@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,12 +13,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import tritonclient.http as tritonclient
 
 from mea.data import load
 from mea.experiments.attack import AttackConfig, run_attack
 from mea.serve.client import HttpOracle
+from mea.serve.process import create_key, start_server, stop_all
 from mea.training import TrainConfig
-from tests.serve_helpers import create_key, signal, start_server, stop_all
 
 INFER = "/v2/models/lenet-mnist/infer"
 
@@ -211,7 +213,6 @@ def test_per_key_output_mode(service, data_dir):
 
 
 def test_triton_client_works_unchanged(service, key, victim, data_dir):
-    tritonclient = pytest.importorskip("tritonclient.http")
     client = tritonclient.InferenceServerClient(service.url.removeprefix("http://"))
     assert client.is_server_live() and client.is_model_ready("lenet-mnist")
     images = mnist_images(data_dir, 8).astype(np.float32)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mea import __version__
+from mea.attacks import STRATEGIES
 from mea.defenses.detector import DEFAULT_LAYERS
 from mea.defenses.evaluation import EvaluationConfig
 from mea.defenses.store import DEFAULT_POLICY
@@ -151,6 +152,8 @@ _TRAIN_FIELDS = (
     "true_label_weight",
     "shift",
     "min_steps",
+    "pseudo_label_rounds",
+    "pseudo_label_epochs",
 )
 
 
@@ -211,6 +214,20 @@ def _train_options(func):
             show_default=True,
             help="Small transfer sets get more epochs, up to this many optimiser steps (0 = off).",
         ),
+        click.option(
+            "--pseudo-label-rounds",
+            type=int,
+            default=DEFAULT_CLONE.pseudo_label_rounds,
+            show_default=True,
+            help="Semi-supervised: rounds of self-training on the unqueried pool (0 = answers only).",
+        ),
+        click.option(
+            "--pseudo-label-epochs",
+            type=int,
+            default=DEFAULT_CLONE.pseudo_label_epochs,
+            show_default=True,
+            help="Epochs per self-training round.",
+        ),
     ]
 
     @functools.wraps(func)
@@ -250,7 +267,12 @@ def _train_options(func):
     help="What the oracle reveals: probabilities, top-k[:K], label, rounded[:DECIMALS] "
     "[default: probabilities; with --url, the service decides].",
 )
-@click.option("--strategy", default="random", show_default=True, help="How queries are chosen.")
+@click.option(
+    "--strategy",
+    default="random",
+    show_default=True,
+    help=f"How queries are chosen: {', '.join(STRATEGIES)}.",
+)
 @click.option("--clone-arch", default="lenet5", show_default=True, help="lenet5, small-cnn or mlp.")
 @_train_options
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -404,6 +426,14 @@ def defend_fit_command(victim_dir, out, target_fpr, layers, confidence, policy, 
     callback=_comma_list(int),
     help="Budgets tried to find the attack cost (capped at --queries).",
 )
+@click.option(
+    "--stream-queries",
+    type=int,
+    default=EVAL_DEFAULTS.stream_queries,
+    show_default=True,
+    callback=_positive_int,
+    help="Queries per attacker stream for the per-client detector.",
+)
 @_train_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
@@ -419,6 +449,7 @@ def defend_eval_command(
     fpr_sweep,
     policies,
     budgets,
+    stream_queries,
     train,
     seed,
     out,
@@ -438,6 +469,7 @@ def defend_eval_command(
         sweep_sources=sweep_sources,
         policies=policies,
         cost_budgets=budgets,
+        stream_queries=stream_queries,
         train=train,
         seed=seed,
     )

@@ -19,3 +19,14 @@ class BudgetExhausted(MeaError):
 
 class ArtifactError(MeaError):
     """A run directory (victim, defense, attack) is missing, incomplete or mismatched."""
+
+
+class Refused(MeaError):
+    """The service stopped answering this client (its stream was judged an attack).
+
+    `answers` holds the answers to the leading images of the refused call that did get through.
+    """
+
+    def __init__(self, message: str, answers=None) -> None:
+        super().__init__(message)
+        self.answers = answers

@@ -22,6 +22,7 @@ def write_json(path: Path, payload: Any) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes the file private; a result is an ordinary file
     os.replace(tmp, path)
 
 

@@ -54,6 +54,10 @@ class TrainConfig:
     # Small transfer sets get more epochs, up to this many optimiser steps in all: three epochs of
     # 1,000 queries are 12 steps, far too few to fit anything.  0 = exactly `epochs` epochs.
     min_steps: int = 500
+    # Semi-supervised clones (mea.attacks.pseudo_labels): rounds of self-training on the attacker's
+    # unqueried pool, each of this many epochs.  0 rounds = the answers alone.
+    pseudo_label_rounds: int = 0
+    pseudo_label_epochs: int = 2
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -67,6 +71,11 @@ class TrainConfig:
             raise ConfigError(f"true-label weight must lie in [0, 1], got {self.true_label_weight}")
         if self.min_steps < 0:
             raise ConfigError(f"min-steps must be >= 0, got {self.min_steps}")
+        if self.pseudo_label_rounds < 0 or self.pseudo_label_epochs <= 0:
+            raise ConfigError(
+                "pseudo-label rounds must be >= 0 and pseudo-label epochs positive, got "
+                f"{self.pseudo_label_rounds} and {self.pseudo_label_epochs}"
+            )
         if not 0 <= self.shift <= 8:
             raise ConfigError(f"shift must lie in [0, 8] pixels, got {self.shift}")
         object.__setattr__(self, "schedule", _choice(Schedule, self.schedule, "schedule"))

@@ -2,12 +2,26 @@
 
 from collections.abc import Callable
 
+from mea.attacks.active import ActiveSelection, Entropy, KCenter, Margin, UncertainKCenter
+from mea.attacks.boundary import BoundaryRetraining
 from mea.attacks.extract import Extraction, extract
+from mea.attacks.jbda import JacobianAugmentation
+from mea.attacks.knockoff import AdaptiveKnockoff
 from mea.attacks.random_sampling import RandomSampling
 from mea.attacks.strategy import AttackState, Queries, Strategy, TransferSet
 from mea.errors import ConfigError
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {"random": RandomSampling}
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "random": RandomSampling,
+    "jbda": JacobianAugmentation,
+    "jbda-tr": lambda: JacobianAugmentation(name="jbda-tr", targeted=True),
+    "active": lambda: ActiveSelection("active", UncertainKCenter()),
+    "active-margin": lambda: ActiveSelection("active-margin", Margin()),
+    "active-entropy": lambda: ActiveSelection("active-entropy", Entropy()),
+    "active-kcenter": lambda: ActiveSelection("active-kcenter", KCenter()),
+    "knockoff-adaptive": AdaptiveKnockoff,
+    "boundary": BoundaryRetraining,
+}
 
 
 def make_strategy(name: str) -> Strategy:

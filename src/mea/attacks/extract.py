@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from mea import models
+from mea.attacks.pseudo_labels import self_train
 from mea.attacks.strategy import AttackState, Strategy, TransferSet
 from mea.data.pools import Pool
-from mea.errors import BudgetExhausted, ConfigError
+from mea.errors import BudgetExhausted, ConfigError, Refused
 from mea.oracle import Oracle
 from mea.seeding import derive_seed, generator
 from mea.training import TrainConfig, fit
@@ -29,6 +31,7 @@ class Extraction:
     query_time_s: float
     train_time_s: float
     total_time_s: float
+    refused_after: int | None = None  # queries answered before the service refused the attacker
 
 
 def extract(
@@ -77,7 +80,16 @@ def extract(
         train_time += report.time_s
         return clone
 
-    state = AttackState(pool, transfer, budget, oracle.output, generator(seed, "strategy"), train_clone)
+    # The budget is counted where it is spent, at the oracle: a wrapper that asks several times per
+    # image (an attacker averaging noise) pays for every copy.
+    per_image = getattr(oracle, "queries_per_image", 1)
+    spent_before = oracle.queries_used
+
+    def remaining() -> int:
+        return (budget - (oracle.queries_used - spent_before)) // per_image
+
+    refused_after = None
+    state = AttackState(pool, transfer, remaining(), oracle.output, generator(seed, "strategy"), train_clone)
     while state.remaining > 0:
         queries = strategy.next_queries(state)
         if queries is None or len(queries) == 0:
@@ -85,9 +97,39 @@ def extract(
         if len(queries) > state.remaining:
             raise RuntimeError(f"strategy {strategy.name} asked for {len(queries)} queries with {state.remaining} left")
         tick = time.perf_counter()
-        answers = oracle.query(queries.images)
-        query_time += time.perf_counter() - tick
-        transfer.add(queries.images, answers, queries.pool_index)
-        state.remaining = budget - len(transfer)
+        try:
+            answers = oracle.query(queries.images)
+        except Refused as refusal:
+            # A service that stops answering ends the attack; the clone learns from what it got.
+            refused_after = oracle.queries_used - spent_before
+            if refusal.answers is not None:
+                got = len(refusal.answers)
+                transfer.add(queries.images[:got], refusal.answers, queries.pool_index[:got])
+            break
+        finally:
+            query_time += time.perf_counter() - tick
+        # An answer the attacker does not trust comes back as a row of NaNs: paid for, then dropped.
+        kept = ~answers.isnan().any(1)
+        transfer.add(queries.images[kept], answers[kept], queries.pool_index[kept])
+        state.remaining = remaining()
+        state.round += 1
+    if len(transfer) == 0:
+        why = "the service refused it at once" if refused_after is not None else f"it kept none of its {budget} answers"
+        raise ConfigError(f"the attacker has nothing to train a clone on: {why}")
     clone = train_clone()
-    return Extraction(clone, transfer, len(transfer), query_time, train_time, time.perf_counter() - start)
+    unqueried = torch.ones(len(pool), dtype=torch.bool)
+    unqueried[transfer.pool_index[transfer.pool_index >= 0]] = False
+    if train.pseudo_label_rounds and unqueried.any():
+        clone, seconds = self_train(
+            lambda round_: models.build(clone_arch, derive_seed(seed, f"student-{round_}")),
+            clone,
+            transfer.images,
+            transfer.answers,
+            pool.images[unqueried],
+            train,
+            training_generator,
+            progress,
+        )
+        train_time += seconds
+    spent = oracle.queries_used - spent_before
+    return Extraction(clone, transfer, spent, query_time, train_time, time.perf_counter() - start, refused_after)

@@ -58,10 +58,11 @@ class AttackState:
 
     pool: Pool
     transfer: TransferSet
-    remaining: int  # queries left in the budget; a strategy must not ask for more
+    remaining: int  # images the budget still pays for; a strategy must not ask for more
     output: OutputMode
     generator: torch.Generator
     train_clone: Callable[[], nn.Module]  # trains a fresh clone on the transfer set so far
+    round: int = 0  # how many batches of queries have been answered
 
 
 class Strategy(Protocol):

@@ -24,8 +24,10 @@ from mea import __version__
 from mea.data import ImageSet, MnistSplits, load, make_pool
 from mea.data.pools import check_pool_name
 from mea.defenses.detector import CONFIDENCE, DetectorConfig, OodDetector
+from mea.defenses.gate import ClientGate
 from mea.defenses.mahalanobis import layer_features
 from mea.defenses.policies import parse_policy
+from mea.defenses.prada import REFUSED, SUSPECT
 from mea.defenses.store import Defense
 from mea.errors import ConfigError
 from mea.experiments.attack import AttackConfig, run_attack
@@ -50,6 +52,7 @@ class EvaluationConfig:
     sweep_sources: tuple[str, ...] = ("fashion-mnist", "mnist-train")
     policies: tuple[str, ...] = ("misinformation", "gaussian", "dirichlet", "top1-preserving")
     cost_budgets: tuple[int, ...] = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
+    stream_queries: int = 5_000  # per-client detection: queries each attacker stream sends
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
 
@@ -127,6 +130,9 @@ def evaluate_defense(
         fpr, tpr, _ = roc_curve(truth, np.r_[test_scores.numpy(), scores.numpy()])
         roc_curves[source] = (fpr, tpr, detection[source]["auroc"])
     benign_flagged = float((test_scores > detector.threshold).float().mean())
+    clients = client_detection(
+        victim, defense, test.images, {s: p.images for s, p in pools.items()}, config.stream_queries, config.seed
+    )
     study = layer_study(victim, train_split, test.images, {s: p.images[:DETECTION_SAMPLE] for s, p in pools.items()})
 
     # Benign accuracy, undefended and defended.
@@ -203,6 +209,7 @@ def evaluate_defense(
         },
         "detector": detection,
         "layer_study": study,
+        "client_detection": clients,
         "clone_accuracy": clone_accuracy,
         "clone_fidelity": clone_fidelity,
         "attack_cost": attack_cost,
@@ -286,6 +293,47 @@ def layer_study(victim: Victim, train: ImageSet, test_images: torch.Tensor, sour
             out_scores = torch.stack([source_components[n] for n in names]).sum(0)
             study.setdefault(candidate, {})[source] = _auroc(in_scores, out_scores)
     return study
+
+
+def client_detection(
+    victim: Victim,
+    defense: Defense,
+    benign: torch.Tensor,
+    sources: dict[str, torch.Tensor],
+    queries: int,
+    seed: int,
+    batch: int = 100,
+) -> dict:
+    """Per-client detection (PRADA + OOD rate) on whole streams, as the service would see them.
+
+    The benign client sends MNIST test in order; each attacker sends `queries` images of its pool in
+    the random order of the `random` strategy.  Reported: the query count at which PRADA's test
+    first flags the stream, and at which the client becomes suspect and is refused (None: never).
+    """
+    streams = {"benign (MNIST test in order)": benign}
+    for source, images in sources.items():
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:queries]
+        streams[f"random from {source}"] = images[order]
+    oracle = defense.oracle(victim)
+    report = {}
+    for name, images in streams.items():
+        gate = ClientGate(oracle)
+        first = {SUSPECT: None, REFUSED: None}
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            _, _, state = gate.answer(name, chunk)
+            for level in first:
+                if first[level] is None and state.level >= level:
+                    first[level] = state.queries
+        report[name] = {
+            "queries": state.queries,
+            "prada_flagged_at": state.prada_flagged_at,
+            "suspect_at": first[SUSPECT],
+            "refused_at": first[REFUSED],
+            "final_statistic": state.statistic,
+            "ood_rate": state.ood_rate,
+        }
+    return report
 
 
 def _first_reaching(rows: list[dict], source: str, key: str, level: float) -> dict | str:

@@ -27,12 +27,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mea import __version__
+from mea.defenses.gate import ClientGate
+from mea.defenses.prada import REFUSED, ClientState, PradaConfig, PradaMonitor
 from mea.defenses.store import Defense
 from mea.oracle import VictimOracle, parse_output
 from mea.serve.audit import AuditLog
 from mea.serve.db import Database
 from mea.serve.keys import ApiKey, KeyStore, QuotaExceeded
-from mea.serve.prada import REFUSED, SUSPECT, ClientState, PradaConfig, PradaMonitor
 from mea.serve.protocol import INPUT_SHAPES, ProtocolError, encode_infer_response, parse_infer_request
 from mea.serve.ratelimit import RateLimiter
 from mea.victim import Victim
@@ -40,7 +41,6 @@ from mea.victim import Victim
 MODEL_NAME = "lenet-mnist"
 _CONTENT_TYPES = ("application/json", "application/octet-stream")
 # How much a suspect client's answers are pushed towards the policy's answer (see PradaMonitor).
-SUSPECT_SEVERITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def create_app(config: ServeConfig, victim: Victim, defense: Defense | None = No
     # Two cores do not answer two batches faster than one: run the model one batch at a time.
     model_lock = threading.Lock()
     plain = VictimOracle(victim.model)
-    defended = defense.oracle(victim) if defense is not None else None
+    gate = ClientGate(defense.oracle(victim), monitor) if defense is not None else None
 
     app = FastAPI(
         title="mea prediction service",
@@ -178,13 +178,12 @@ def create_app(config: ServeConfig, victim: Victim, defense: Defense | None = No
         """Answers in the key's output mode, how many images were flagged, the client's state."""
         output = parse_output(key.output or config.output)
         with model_lock:
-            if defended is None:
+            if gate is None:
                 probabilities = plain.query(images)
                 flags = torch.zeros(len(images), dtype=torch.bool)
+                state = monitor.observe(key.id, images, probabilities.argmax(1), flags)
             else:
-                suspect = monitor.state(key.id).level >= SUSPECT
-                probabilities, flags = defended.answer(images, severity_floor=SUSPECT_SEVERITY if suspect else 0.0)
-        state = monitor.observe(key.id, images, probabilities.argmax(1), flags)
+                probabilities, flags, state = gate.answer(key.id, images)
         return output(probabilities), int(flags.sum()), state
 
     async def infer(name: str, request: Request) -> Response:

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import torch
 
-from mea.errors import BudgetExhausted, ConfigError, MeaError
+from mea.errors import BudgetExhausted, ConfigError, MeaError, Refused
 from mea.oracle import OutputMode, check_images, parse_output
 from mea.serve.app import MODEL_NAME
 
@@ -83,7 +83,12 @@ class HttpOracle:
             raise BudgetExhausted(
                 f"query budget exhausted: {self._used} of {self._budget} queries used, {len(images)} more asked"
             )
-        answers = [self._infer(images[i : i + self._batch_size]) for i in range(0, len(images), self._batch_size)]
+        answers: list[torch.Tensor] = []
+        for start in range(0, len(images), self._batch_size):
+            try:
+                answers.append(self._infer(images[start : start + self._batch_size]))
+            except Refused as refusal:
+                raise Refused(str(refusal), torch.cat(answers) if answers else None) from None
         return torch.cat(answers) if answers else torch.empty(0, 10)
 
     def _infer(self, images: torch.Tensor) -> torch.Tensor:
@@ -115,6 +120,8 @@ class HttpOracle:
             if response.status_code == 200:
                 self._used += len(images)
                 return _probabilities(response, len(images))
+            if response.status_code == 403:
+                raise Refused(f"the service refused this key: {_message(response)}")
             if response.status_code == 429 and response.headers.get("x-quota-remaining") is not None:
                 raise BudgetExhausted(f"the service's quota for this key is spent: {_message(response)}")
             if response.status_code in (429, 503) and attempt < self._max_retries:

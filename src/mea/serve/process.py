@@ -1,4 +1,5 @@
-"""A real `mea serve` process on 127.0.0.1 with an ephemeral port, for the service tests."""
+"""`mea serve` as a child process on 127.0.0.1 and an ephemeral port: for tests, benchmarks and
+notebooks that need a real server and want to know when it is ready."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ class Server:
         return self.log.read_text()
 
 
-def start_server(victim_dir: Path, db: Path, log: Path, *extra: str, data_dir: Path | None = None) -> Server:
+def start_server(
+    victim_dir: Path, db: Path, log: Path, *extra: str, data_dir: Path | None = None, threads: int = 1
+) -> Server:
+    """Start `mea serve` (its output goes to `log`) and return once /v2/health/ready answers."""
     port = free_port()
     env = {**os.environ, "CI": "true"}
     if data_dir is not None:
@@ -77,6 +81,7 @@ def start_server(victim_dir: Path, db: Path, log: Path, *extra: str, data_dir: P
 
 
 def create_key(db: Path, *args: str) -> str:
+    """`mea keys create --db DB ARGS...`; returns the new key."""
     done = subprocess.run(
         [sys.executable, "-m", "mea", "keys", "create", "--db", str(db), *args],
         capture_output=True,
@@ -87,11 +92,9 @@ def create_key(db: Path, *args: str) -> str:
 
 
 def stop_all(*servers: Server) -> None:
+    """SIGTERM each server, killing those that do not stop within the grace period."""
     for server in servers:
         try:
             server.stop()
         except subprocess.TimeoutExpired:
             server.process.kill()
-
-
-__all__ = ["Server", "create_key", "free_port", "signal", "start_server", "stop_all"]

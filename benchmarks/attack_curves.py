@@ -1,0 +1,240 @@
+"""Clone fidelity and accuracy against the query budget, per strategy and output mode, over seeds.
+
+Every curve uses the attacker's `mnist-train` pool and no true labels, with the suite's best clone
+training (shifts of 2 px, two rounds of self-training on the unqueried pool).  Beside them, the
+reference an attacker gets for free: the same training on as many *public labelled* images, with
+zero queries, so that the value of stealing is visible.  Finished trials are appended to a JSONL
+file and skipped on a rerun, so an interrupted run resumes.
+
+    python -m benchmarks.attack_curves --victim DIR [--defense DIR] [--seeds 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mea import models
+from mea.attacks.pseudo_labels import self_train
+from mea.data import load, make_pool
+from mea.defenses.store import load_defense
+from mea.experiments.attack import AttackConfig, run_attack
+from mea.metrics import agreement
+from mea.oracle import parse_output
+from mea.plots import line_plot
+from mea.seeding import derive_seed, generator
+from mea.training import LabelLoss, TrainConfig, fit, predict_logits
+from mea.victim import load_victim
+
+BUDGETS = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000)
+JBDA_BUDGETS = (600, 1_200, 2_400, 4_800, 9_600)  # 150 seeds doubled 2..6 times (Papernot et al.)
+RECIPE = TrainConfig(shift=2, pseudo_label_rounds=2)
+
+
+@dataclass(frozen=True)
+class Trial:
+    curve: str
+    strategy: str  # "public-labels" for the zero-query reference
+    output: str
+    budget: int
+    seed: int
+    defended: bool = False
+    self_training: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.curve}|{self.budget}|{self.seed}"
+
+    @property
+    def train(self) -> TrainConfig:
+        train = RECIPE if self.self_training else TrainConfig(shift=2)
+        if self.output == "label":
+            return dataclasses.replace(train, loss=LabelLoss.HARD)
+        return train
+
+
+def trials(seeds: int, quick: bool, defended: bool) -> list[Trial]:
+    budgets = (250, 1_000, 5_000) if quick else BUDGETS
+    out = []
+    for seed in range(seeds):
+        for budget in budgets:
+            out.append(Trial("public labels, no queries", "public-labels", "label", budget, seed))
+            for output in ("probabilities", "label"):
+                out.append(Trial(f"random, {output}", "random", output, budget, seed))
+                if budget <= 10_000:
+                    out.append(Trial(f"active, {output}", "active", output, budget, seed))
+            if defended and budget in (1_000, 5_000):
+                out.append(Trial("random, probabilities, defended", "random", "probabilities", budget, seed, True))
+        for budget in (600, 2_400) if quick else JBDA_BUDGETS:
+            for name in ("jbda", "jbda-tr"):
+                # JBDA as Papernot et al. ran it: label-only, no unlabelled pool beyond its 150 seeds.
+                out.append(Trial(f"{name}, label", name, "label", budget, seed, self_training=False))
+                if defended:
+                    out.append(
+                        Trial(f"{name}, label, defended", name, "label", budget, seed, True, self_training=False)
+                    )
+    return out
+
+
+def public_labels(trial: Trial, victim, data_dir, test) -> dict:
+    """The attacker's free alternative: train on `budget` pool images with their own true labels."""
+    start = time.perf_counter()
+    pool = make_pool("mnist-train", data_dir)
+    index = torch.randperm(len(pool), generator=generator(trial.seed, "public-labels"))[: trial.budget]
+    assert pool.labels is not None
+    labels = F.one_hot(pool.labels[index], 10).float()
+    clone = models.build("lenet5", derive_seed(trial.seed, "clone-init"))
+    rng = generator(trial.seed, "training")
+    fit(clone, pool.images[index], labels, trial.train, rng, progress=False)
+    unqueried = torch.ones(len(pool), dtype=torch.bool)
+    unqueried[index] = False
+    clone, _ = self_train(
+        lambda r: models.build("lenet5", derive_seed(trial.seed, f"student-{r}")),
+        clone,
+        pool.images[index],
+        labels,
+        pool.images[unqueried],
+        trial.train,
+        rng,
+        progress=False,
+    )
+    clone_logits = predict_logits(clone, test.images)
+    return {
+        "fidelity": agreement(clone_logits, predict_logits(victim.model, test.images)),
+        "accuracy": float((clone_logits.argmax(1) == test.labels).float().mean()),
+        "queries": 0,
+        "time_s": time.perf_counter() - start,
+    }
+
+
+def run_trial(trial: Trial, victim, defense, data_dir, test) -> dict:
+    if trial.strategy == "public-labels":
+        return public_labels(trial, victim, data_dir, test)
+    config = AttackConfig(
+        queries=trial.budget, strategy=trial.strategy, output=trial.output, train=trial.train, seed=trial.seed
+    )
+    oracle = defense.oracle(victim, parse_output(trial.output), budget=trial.budget) if trial.defended else None
+    metrics = run_attack(config, victim, data_dir, oracle=oracle, progress=False)
+    return {
+        "fidelity": metrics["clone"]["fidelity"],
+        "accuracy": metrics["clone"]["accuracy"],
+        "queries": metrics["queries"],
+        "time_s": metrics["time_s"]["total"],
+    }
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["curve"], row["budget"]), []).append(row)
+    summary = []
+    for (curve, budget), group in sorted(groups.items()):
+        fid = [r["fidelity"] for r in group]
+        acc = [r["accuracy"] for r in group]
+        summary.append(
+            {
+                "curve": curve,
+                "budget": budget,
+                "seeds": len(group),
+                "fidelity_mean": statistics.mean(fid),
+                "fidelity_std": statistics.pstdev(fid),
+                "fidelity_min": min(fid),
+                "accuracy_mean": statistics.mean(acc),
+                "accuracy_std": statistics.pstdev(acc),
+            }
+        )
+    return summary
+
+
+def plot(summary: list[dict], output: str, path: Path) -> None:
+    series, spreads = {}, {}
+    for row in summary:
+        if output not in row["curve"] and "public" not in row["curve"]:
+            continue
+        xs, ys = series.setdefault(row["curve"], ([], []))
+        xs.append(row["budget"])
+        ys.append(100 * row["fidelity_mean"])
+        spreads.setdefault(row["curve"], []).append(100 * row["fidelity_std"])
+    line_plot(
+        series,
+        "query budget (images; log scale)",
+        "clone fidelity on MNIST test (%)",
+        f"Fidelity vs budget, {output} answers, mnist-train pool, mean ± sd over seeds",
+        path,
+        spreads=spreads,
+        logx=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--victim", type=Path, required=True)
+    parser.add_argument("--defense", type=Path, default=None, help="also attack the defended victim")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="three budgets, JBDA to 2,400 queries")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    data_dir = None
+    victim = load_victim(args.victim)
+    defense = load_defense(args.defense, victim) if args.defense else None
+    test = load("mnist", "test", data_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "attack_curves.jsonl"
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from an interrupted run
+            done[row["key"]] = row
+    plan = trials(args.seeds, args.quick, defense is not None)
+    for number, trial in enumerate(plan, 1):
+        if trial.key in done:
+            continue
+        result = run_trial(trial, victim, defense, data_dir, test)
+        row = {"key": trial.key, **trial.__dict__, **result}
+        done[trial.key] = row
+        with log.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(
+            f"[{number}/{len(plan)}] {trial.curve:38s} budget {trial.budget:6d} seed {trial.seed}: "
+            f"fidelity {result['fidelity']:.2%}, accuracy {result['accuracy']:.2%} ({result['time_s']:.0f} s)",
+            flush=True,
+        )
+    rows = [done[t.key] for t in plan]
+    summary = summarise(rows)
+    for output in ("probabilities", "label"):
+        plot(summary, output, args.out / f"attack_curves_{output}.png")
+    with (args.out / "attack_curves.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    payload = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+        "recipe": RECIPE.__dict__,
+        "summary": summary,
+    }
+    (args.out / "attack_curves.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    for row in summary:
+        print(
+            f"{row['curve']:38s} {row['budget']:6d}: fidelity {row['fidelity_mean']:.2%} ± {row['fidelity_std']:.2%} "
+            f"(min {row['fidelity_min']:.2%}), accuracy {row['accuracy_mean']:.2%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Throughput and latency of `mea serve` over loopback, with and without the defense.
+
+Starts a real server process per configuration, sends MNIST test images from client threads in the
+same way HttpOracle does (OIP v2 with binary FP32 tensors) and, for comparison, as plain JSON, and
+reports images/s and per-request p50/p99 latency at batch 1 and batch 256.  Client and server share
+this machine's cores, as they would in any single-host measurement.
+
+    python -m benchmarks.serve_throughput --victim DIR --defense DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+from mea.data import load
+from mea.serve.db import Database
+from mea.serve.keys import KeyStore
+from mea.serve.process import start_server, stop_all
+
+INFER = "/v2/models/lenet-mnist/infer"
+
+
+def binary_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    data = images.astype("<f4").tobytes()
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(images.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    )
+    return header + data, {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def json_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    body = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32", "data": images.reshape(-1)}]},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    return body, {"Content-Type": "application/json"}
+
+
+def measure(url: str, keys: list[str], images: np.ndarray, batch: int, encode, seconds: float, clients: int) -> dict:
+    """Images/s and latency of `clients` threads sending `batch`-image requests for `seconds`.
+
+    Each client walks through its own share of the images and never repeats one under the same
+    key: repeated queries are what the per-client detector flags (as it should), which would then
+    measure the treatment of a suspect client instead of a benign one.
+    """
+    shares = [images[i::clients] for i in range(clients)]
+    requests = [[encode(share[i : i + batch]) for i in range(0, len(share) - batch + 1, batch)] for share in shares]
+    latencies: list[float] = []
+    answered = [0]
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(n: int) -> None:
+        own = requests[n]
+        i = 0
+        http = None
+        while time.perf_counter() < deadline:
+            if i % len(own) == 0:  # a fresh key for every pass over this client's images
+                if http is not None:
+                    http.close()
+                key = keys[(n + clients * (i // len(own))) % len(keys)]
+                http = httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60)
+            body, headers = own[i % len(own)]
+            start = time.perf_counter()
+            response = http.post(INFER, content=body, headers=headers)
+            elapsed = time.perf_counter() - start
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            with lock:
+                latencies.append(elapsed)
+                answered[0] += batch
+            i += 1
+        if http is not None:
+            http.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    ordered = sorted(latencies)
+    return {
+        "images_per_s": answered[0] / wall,
+        "requests": len(latencies),
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--victim", type=Path, required=True)
+    parser.add_argument("--defense", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per configuration")
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_throughput.json"))
+    args = parser.parse_args()
+
+    # Benign traffic: all 70,000 MNIST images, none repeated under one key (see `measure`).
+    images = np.concatenate([load("mnist", part).images.numpy() for part in ("test", "train")])
+    root = Path(tempfile.mkdtemp(prefix="mea-serve-bench-"))
+    servers = {
+        False: start_server(args.victim, root / "plain.db", root / "plain.log", threads=args.threads),
+        True: start_server(
+            args.victim,
+            root / "defended.db",
+            root / "defended.log",
+            "--defense",
+            str(args.defense),
+            threads=args.threads,
+        ),
+    }
+    stores = {defended: KeyStore(Database(server.db)) for defended, server in servers.items()}
+
+    def fresh_keys(defended: bool, n: int) -> list[str]:
+        return [stores[defended].create(f"bench-{uuid.uuid4().hex[:8]}")[1] for _ in range(n)]
+
+    rows = []
+    try:
+        for encoding, encode in (("binary", binary_request), ("json", json_request)):
+            for batch in (1, 256):
+                samples: dict[bool, list[dict]] = {False: [], True: []}
+                for defended in (False, True):  # warm-up
+                    measure(servers[defended].url, fresh_keys(defended, 1), images, batch, encode, 1.0, 1)
+                # The two servers take turns, so that a slower spell of a shared machine hits both.
+                for _ in range(args.rounds):
+                    for defended in (False, True):
+                        samples[defended].append(
+                            measure(
+                                servers[defended].url,
+                                fresh_keys(defended, 8),
+                                images,
+                                batch,
+                                encode,
+                                args.seconds,
+                                args.clients,
+                            )
+                        )
+                for defended in (False, True):
+                    result = {
+                        key: statistics.median(s[key] for s in samples[defended])
+                        for key in ("images_per_s", "p50_ms", "p99_ms")
+                    }
+                    rows.append(
+                        {
+                            "defense": defended,
+                            "encoding": encoding,
+                            "batch": batch,
+                            "server_threads": args.threads,
+                            **result,
+                        }
+                    )
+                    print(
+                        f"defense {'on ' if defended else 'off'} {encoding:6s} batch {batch:3d}: "
+                        f"{result['images_per_s']:8.0f} images/s, p50 {result['p50_ms']:6.1f} ms, "
+                        f"p99 {result['p99_ms']:6.1f} ms",
+                        flush=True,
+                    )
+    finally:
+        stop_all(*servers.values())
+    for encoding in ("binary", "json"):
+        for batch in (1, 256):
+            off, on = (
+                next(r for r in rows if r["defense"] is d and r["encoding"] == encoding and r["batch"] == batch)
+                for d in (False, True)
+            )
+            print(
+                f"defense cost, {encoding} batch {batch}: {1 - on['images_per_s'] / off['images_per_s']:.1%} "
+                "of throughput"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "cpus": os.cpu_count(),
+                "clients": args.clients,
+                "rounds": args.rounds,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""A defended victim that remembers its clients: what the service runs, usable in process too.
+
+Per client, a PRADA monitor (`mea.defenses.prada`) follows the query stream and the OOD rate;
+a suspect client gets every answer through the response policy, at least at `SUSPECT_SEVERITY`;
+a refused client gets nothing more.  `mea serve` answers through a ClientGate, and `ClientOracle`
+puts one client's view of it behind the oracle interface, so that attacks (adaptive ones
+included) meet in process exactly the escalation they would meet over HTTP.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mea.defenses.defended_oracle import DefendedOracle
+from mea.defenses.prada import REFUSED, SUSPECT, ClientState, PradaMonitor
+from mea.errors import Refused
+from mea.oracle import OutputMode
+
+SUSPECT_SEVERITY = 0.5
+
+
+class ClientGate:
+    def __init__(self, defended: DefendedOracle, monitor: PradaMonitor | None = None) -> None:
+        self.defended = defended
+        self.monitor = monitor or PradaMonitor()
+
+    def refused(self, client: str) -> bool:
+        return self.monitor.state(client).level >= REFUSED
+
+    def answer(self, client: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ClientState]:
+        """(answers in the defended oracle's output mode, OOD flags, the client's state after this batch)."""
+        suspect = self.monitor.state(client).level >= SUSPECT
+        answers, flags = self.defended.answer(images, severity_floor=SUSPECT_SEVERITY if suspect else 0.0)
+        return answers, flags, self.monitor.observe(client, images, answers.argmax(1), flags)
+
+
+class ClientOracle:
+    """One client's oracle over a ClientGate, sending `batch_size` images per request as a client
+    would; raises Refused (with the answers that got through) once the gate refuses the client."""
+
+    def __init__(self, gate: ClientGate, client: str, batch_size: int = 100) -> None:
+        self._gate = gate
+        self.client = client
+        self.batch_size = batch_size
+
+    @property
+    def output(self) -> OutputMode:
+        return self._gate.defended.output
+
+    @property
+    def queries_used(self) -> int:
+        return self._gate.monitor.state(self.client).queries
+
+    @property
+    def budget(self) -> int | None:
+        return self._gate.defended.budget
+
+    @property
+    def state(self) -> ClientState:
+        """What the service knows about this client so far."""
+        return self._gate.monitor.state(self.client)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        answered: list[torch.Tensor] = []
+        for start in range(0, len(images), self.batch_size):
+            if self._gate.refused(self.client):
+                raise Refused(
+                    f"the service refused client {self.client!r} after {self.queries_used} queries",
+                    torch.cat(answered) if answered else None,
+                )
+            answers, _, state = self._gate.answer(self.client, images[start : start + self.batch_size])
+            if state.level < REFUSED:  # the batch that crossed the line is not answered, as over HTTP
+                answered.append(answers)
+        if self._gate.refused(self.client):
+            raise Refused(
+                f"the service refused client {self.client!r} after {self.queries_used} queries",
+                torch.cat(answered) if answered else None,
+            )
+        return torch.cat(answered)

@@ -1,0 +1,140 @@
+"""The attack suite: every strategy spends its budget exactly and deterministically; bad settings
+get clear errors; active selection and self-training help where they should; adaptive attackers."""
+
+import pytest
+import torch
+
+from mea.attacks import STRATEGIES, extract, make_strategy
+from mea.attacks.adaptive import CoverTraffic, JitterConsensus, RepeatAveraging
+from mea.attacks.jbda import JacobianAugmentation
+from mea.data import load, make_pool
+from mea.data.pools import Pool
+from mea.defenses.gate import ClientGate, ClientOracle
+from mea.defenses.store import load_defense
+from mea.errors import ConfigError
+from mea.metrics import agreement
+from mea.oracle import Label, VictimOracle, parse_output
+from mea.training import TrainConfig, predict_logits
+
+QUICK = TrainConfig(epochs=1, batch_size=128, min_steps=40)
+
+
+@pytest.fixture(scope="module")
+def pool(data_dir):
+    return make_pool("mnist-train", data_dir)
+
+
+@pytest.fixture(scope="module")
+def test_images(data_dir):
+    return load("mnist", "test", data_dir).images[:2000]
+
+
+def fidelity(clone, victim, images):
+    return agreement(predict_logits(clone, images), predict_logits(victim.model, images))
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_spends_exactly_its_budget_and_is_deterministic(name, victim, pool):
+    output = parse_output("label" if name.startswith("jbda") else "probabilities")
+    runs = []
+    for _ in range(2):
+        oracle = VictimOracle(victim.model, output, budget=330)
+        result = extract(oracle, pool, make_strategy(name), 330, train=QUICK, seed=7, progress=False)
+        assert oracle.queries_used == 330 == result.queries == len(result.transfer)
+        runs.append(result)
+    first, second = runs
+    assert torch.equal(first.transfer.images, second.transfer.images)
+    assert torch.equal(first.transfer.pool_index, second.transfer.pool_index)
+    x = pool.images[:64]
+    assert torch.equal(predict_logits(first.clone, x), predict_logits(second.clone, x))
+
+
+def test_jbda_grows_synthetic_images_from_its_seed_set(victim, pool):
+    oracle = VictimOracle(victim.model, Label(), budget=600)
+    result = extract(oracle, pool, make_strategy("jbda"), 600, train=QUICK, seed=0, progress=False)
+    synthetic = result.transfer.pool_index == -1
+    assert int((~synthetic).sum()) == 150 and int(synthetic.sum()) == 450
+    # Each synthetic image is one signed step of 0.1 away from an earlier image, inside [0, 1].
+    images = result.transfer.images
+    assert images.min() >= 0 and images.max() <= 1
+    step = (images[150:300] - images[:150]).abs()
+    assert torch.allclose(step[step > 1e-6].max(), torch.tensor(0.1), atol=1e-5)
+
+
+def test_bad_strategy_settings_get_clear_errors(victim, pool):
+    oracle = VictimOracle(victim.model, budget=1000)
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'; choose one of: random, jbda"):
+        make_strategy("nope")
+    with pytest.raises(ConfigError, match="raise --queries to at least 150"):
+        extract(oracle, pool, make_strategy("jbda"), 100, train=QUICK, progress=False)
+    with pytest.raises(ConfigError, match=r"label-only.*probabilities, top-k or rounded"):
+        extract(VictimOracle(victim.model, Label()), pool, make_strategy("knockoff-adaptive"), 500, progress=False)
+    tiny = Pool("tiny", pool.images[:100], pool.labels[:100])
+    with pytest.raises(ConfigError, match="needs 150 seed images but the tiny pool has 100"):
+        extract(oracle, tiny, JacobianAugmentation(), 500, progress=False)
+    noise = make_pool("uniform", size=1000)
+    with pytest.raises(ConfigError, match="has no labels"):
+        extract(oracle, noise, make_strategy("knockoff-adaptive"), 500, progress=False)
+    assert oracle.queries_used == 0  # nothing was spent on a refused configuration
+
+
+def test_active_selection_beats_random_at_a_small_budget(victim, pool, test_images):
+    train = TrainConfig(epochs=1, batch_size=64, min_steps=150)
+    for seed in (0, 1):
+        scores = {}
+        for name in ("random", "active"):
+            oracle = VictimOracle(victim.model, budget=200)
+            result = extract(oracle, pool, make_strategy(name), 200, train=train, seed=seed, progress=False)
+            scores[name] = fidelity(result.clone, victim, test_images)
+        assert scores["active"] > scores["random"] + 0.01, scores
+
+
+def test_self_training_on_the_unqueried_pool_raises_fidelity(victim, pool, test_images):
+    base = TrainConfig(epochs=1, batch_size=64, min_steps=150, shift=2)
+    semi = TrainConfig(epochs=1, batch_size=64, min_steps=150, shift=2, pseudo_label_rounds=1, pseudo_label_epochs=1)
+    scores = {}
+    for label, train in (("answers only", base), ("self-trained", semi)):
+        oracle = VictimOracle(victim.model, budget=200)
+        result = extract(oracle, pool, make_strategy("random"), 200, train=train, seed=0, progress=False)
+        scores[label] = fidelity(result.clone, victim, test_images)
+    assert scores["self-trained"] > scores["answers only"] + 0.01, scores
+
+
+@pytest.fixture(scope="module")
+def defense(victim, defense_dir):
+    return load_defense(defense_dir, victim)
+
+
+def test_repeating_a_query_gains_nothing_against_keyed_noise(victim, defense, data_dir):
+    fashion = load("fashion-mnist", "test", data_dir).images[:50]
+    defended = defense.oracle(victim)
+    averaged = RepeatAveraging(defense.oracle(victim), repeats=4)
+    assert torch.allclose(averaged.query(fashion), defended.query(fashion), atol=1e-6)
+    assert averaged.queries_used == 200
+
+
+def test_jitter_consensus_drops_misinformation_and_keeps_honest_answers(victim, defense, data_dir, test_images):
+    fashion = load("fashion-mnist", "test", data_dir).images[:300]
+    kept = {}
+    for name, images in (("mnist", test_images[:300]), ("fashion", fashion)):
+        answers = JitterConsensus(defense.oracle(victim), copies=3, seed=0).query(images)
+        kept[name] = float((~answers.isnan().any(1)).float().mean())
+    assert kept["mnist"] > 0.9 and kept["fashion"] < 0.5, kept
+
+
+def test_the_gate_refuses_an_ood_stream_and_the_attack_trains_on_what_it_got(victim, defense, data_dir):
+    fashion = make_pool("fashion-mnist", data_dir)
+    oracle = ClientOracle(ClientGate(defense.oracle(victim)), "thief")
+    result = extract(oracle, fashion, make_strategy("random"), 2000, train=QUICK, seed=0, progress=False)
+    assert result.refused_after is not None and result.refused_after < 2000
+    assert len(result.transfer) < result.refused_after
+
+
+def test_cover_traffic_keeps_a_synthetic_attacker_under_the_ood_rate(victim, defense, pool):
+    gate = ClientGate(defense.oracle(victim))
+    strategy = CoverTraffic(make_strategy("jbda-tr"), cover=4.0)
+    result = extract(ClientOracle(gate, "covered"), pool, strategy, 1500, train=QUICK, seed=0, progress=False)
+    assert result.queries == 1500 and result.refused_after is None
+    natural = float((result.transfer.pool_index >= 0).float().mean())
+    assert 0.75 < natural < 0.9
+    assert gate.monitor.state("covered").ood_rate < 0.2
