@@ -134,6 +134,19 @@ def run_trial(trial: Trial, victim, defense, data_dir, test) -> dict:
     }
 
 
+def read_log(log: Path) -> dict[str, dict]:
+    """Finished trials by key; a torn last line (an interrupted write) is ignored."""
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[row["key"]] = row
+    return done
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
@@ -184,6 +197,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="three budgets, JBDA to 2,400 queries")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--only-seed", type=int, default=None, help="run only this seed's trials")
+    parser.add_argument("--budgets", type=int, nargs="*", default=None, help="run only these budgets")
+    parser.add_argument("--summary-only", action="store_true", help="summarise the trials finished so far")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     data_dir = None
@@ -192,17 +208,15 @@ def main() -> None:
     test = load("mnist", "test", data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "attack_curves.jsonl"
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from an interrupted run
-            done[row["key"]] = row
-    plan = trials(args.seeds, args.quick, defense is not None)
+    plan = [
+        t
+        for t in trials(args.seeds, args.quick, defense is not None)
+        if args.only_seed in (None, t.seed) and (not args.budgets or t.budget in args.budgets)
+    ]
+    done = read_log(log)
     for number, trial in enumerate(plan, 1):
-        if trial.key in done:
+        # Re-read before each trial: a second process (another core, another seed) may share the log.
+        if args.summary_only or trial.key in (done := read_log(log)):
             continue
         result = run_trial(trial, victim, defense, data_dir, test)
         row = {"key": trial.key, **trial.__dict__, **result}
@@ -214,7 +228,9 @@ def main() -> None:
             f"fidelity {result['fidelity']:.2%}, accuracy {result['accuracy']:.2%} ({result['time_s']:.0f} s)",
             flush=True,
         )
-    rows = [done[t.key] for t in plan]
+    done = read_log(log)
+    plan = trials(args.seeds, args.quick, defense is not None)
+    rows = [done[t.key] for t in plan if t.key in done]
     summary = summarise(rows)
     for output in ("probabilities", "label"):
         plot(summary, output, args.out / f"attack_curves_{output}.png")

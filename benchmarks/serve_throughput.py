@@ -26,32 +26,12 @@ import numpy as np
 import orjson
 
 from mea.data import load
+from mea.serve.client import binary_infer_request
 from mea.serve.db import Database
 from mea.serve.keys import KeyStore
 from mea.serve.process import start_server, stop_all
 
 INFER = "/v2/models/lenet-mnist/infer"
-
-
-def binary_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    data = images.astype("<f4").tobytes()
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": list(images.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(data)},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-    )
-    return header + data, {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
-    }
 
 
 def json_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -147,7 +127,7 @@ def main() -> None:
 
     rows = []
     try:
-        for encoding, encode in (("binary", binary_request), ("json", json_request)):
+        for encoding, encode in (("binary", binary_infer_request), ("json", json_request)):
             for batch in (1, 256):
                 samples: dict[bool, list[dict]] = {False: [], True: []}
                 for defended in (False, True):  # warm-up

@@ -70,6 +70,10 @@ def test_attack_writes_a_complete_run(victim_dir, data_dir, tmp_path):
         (["--output", "logits"], "unknown output mode 'logits'"),
         (["--clone-arch", "vgg"], "unknown architecture 'vgg'"),
         (["--queries", "70000"], "exceeds the mnist-train pool"),
+        (["--strategy", "greedy"], "unknown strategy 'greedy'; choose one of: random, jbda"),
+        (["--strategy", "jbda", "--queries", "100"], "raise --queries to at least 150"),
+        (["--strategy", "knockoff-adaptive", "--output", "label"], "runs with probabilities, top-k or rounded"),
+        (["--pseudo-label-rounds", "-1"], "pseudo-label rounds must be >= 0"),
     ],
 )
 def test_user_mistakes_get_one_line_and_no_run_directory(victim_dir, data_dir, tmp_path, args, message):

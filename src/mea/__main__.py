@@ -1,3 +1,5 @@
 from mea.cli import run
 
-run()
+# Guarded: worker processes are spawned, and a spawned child imports the parent's __main__ module.
+if __name__ == "__main__":
+    run()

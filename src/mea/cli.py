@@ -19,6 +19,8 @@ from mea.defenses.detector import DEFAULT_LAYERS
 from mea.defenses.evaluation import EvaluationConfig
 from mea.defenses.store import DEFAULT_POLICY
 from mea.errors import MeaError
+from mea.experiments.backends import BACKENDS
+from mea.experiments.presets import PRESETS
 from mea.oracle import parse_output
 from mea.training import VICTIM_TRAINING, LabelLoss, Schedule, TrainConfig
 
@@ -657,37 +659,100 @@ def audit_command(db):
 
 
 @main.command("sweep")
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--preset",
-    type=click.Choice(["seed-table"]),
-    required=True,
-    help="seed-table: the study's five runs (Adam, batch 512, constant LR, 60,000 queries).",
+    type=click.Choice(list(PRESETS)),
+    default=None,
+    help="A named sweep instead of CONFIG: "
+    + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items())
+    + ".",
 )
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for results.jsonl.")
 @click.option(
     "--victim",
     "victim_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Victim directory [default: train one into OUT/victim].",
+    help="Victim directory [default: CONFIG's `victim:`; with --preset, train one into OUT-victim].",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--defense",
+    "defense_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Defense directory for defended trials [default: CONFIG's `defense_dir:`].",
+)
+@click.option("--seed", type=int, default=None, help="With --preset: the seed of its trials [default: 0].")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="local", show_default=True)
+@click.option(
+    "--address", default=None, help="With --backend ray: the cluster's address [default: start Ray on this machine]."
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    callback=_positive_int,
+    help="Trials at a time: local worker processes, or a local Ray instance's CPUs [default: one per core].",
+)
 @data_dir_option
-@force_option
+@click.option("--force", is_flag=True, help="Forget the results already in OUT and run every trial again.")
 @quiet_option
-def sweep_command(preset, victim_dir, seed, out, data_dir, force, quiet):
-    """Run a named grid of attacks against one victim."""
-    from mea.experiments.seed_table import run_seed_table
-    from mea.victim import VictimConfig, load_victim, train_victim
+def sweep_command(
+    config, preset, out, victim_dir, defense_dir, seed, backend, address, workers, data_dir, force, quiet
+):
+    """Run a grid of attacks (CONFIG.yaml or --preset) into OUT/results.jsonl; rerunning resumes it."""
+    from mea.experiments.backends import make_backend
+    from mea.experiments.sweep import check_failures, run_sweep
+    from mea.experiments.sweep_config import load_sweep, replace_paths
 
-    if victim_dir is None:
-        victim_dir = out.parent / f"{out.name}-victim"
-        if not (victim_dir / "model.safetensors").is_file():
-            console.print(f"training a victim into {victim_dir}")
-            train_victim(VictimConfig(seed=seed), victim_dir, data_dir, progress=not quiet)
-    table = run_seed_table(load_victim(victim_dir), out, data_dir, seed=seed, force=force, progress=not quiet)
-    click.echo(table)
-    console.print(f"table written to [bold]{out / 'seed_table.md'}[/bold]")
+    if config is None and preset is None:
+        raise click.UsageError("give a sweep file (CONFIG.yaml) or --preset NAME")
+    if config is not None and preset is not None:
+        raise click.UsageError("give a sweep file (CONFIG.yaml) or --preset NAME, not both")
+    if preset is None:
+        if seed is not None:
+            raise click.UsageError("--seed is for --preset; a sweep file sets its seeds itself")
+        spec = load_sweep(config)
+    else:
+        spec = PRESETS[preset].build(seed or 0)
+        if victim_dir is None:
+            victim_dir = _preset_victim(out, seed or 0, data_dir, quiet)
+    spec = replace_paths(spec, victim_dir, defense_dir)
+    result = run_sweep(spec, out, make_backend(backend, workers, address), data_dir, fresh=force, quiet=quiet)
+    check_failures(result)
+    if preset is not None and PRESETS[preset].summarise is not None:
+        summary = PRESETS[preset].summarise(list(result.records), out)
+        if summary:
+            click.echo(summary)
+    click.echo(
+        f"{result.total} trials: {result.finished} run now, {result.skipped} already done "
+        f"({result.wall_s:.1f} s); results in {result.path}; see them with `mea report {out} --out REPORT_DIR`",
+        err=True,
+    )
+
+
+def _preset_victim(out: Path, seed: int, data_dir: Path | None, quiet: bool) -> Path:
+    """A preset without --victim trains one beside OUT (once; later runs reuse it)."""
+    from mea.victim import VictimConfig, train_victim
+
+    victim_dir = out.parent / f"{out.name}-victim"
+    if not (victim_dir / "model.safetensors").is_file():
+        console.print(f"training a victim into {victim_dir}")
+        train_victim(VictimConfig(seed=seed), victim_dir, data_dir, force=True, progress=not quiet)
+    return victim_dir
+
+
+@main.command("report")
+@click.argument("runs", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create for the report.")
+@force_option
+def report_command(runs, out, force):
+    """Figures and tables from a sweep (its --out directory or results.jsonl): report.html, report.md, PNGs."""
+    from mea.report import write_report
+
+    page = write_report(runs, out, force=force)
+    click.echo(f"report written to {page} (self-contained) and {out / 'report.md'}")
 
 
 # --- demo -----------------------------------------------------------------------------------

@@ -27,12 +27,12 @@ from mea.errors import ConfigError
 from mea.oracle import Oracle, OutputMode
 
 
-class RepeatAveraging:
-    def __init__(self, oracle: Oracle, repeats: int = 4) -> None:
-        if repeats < 2:
-            raise ConfigError(f"repeat averaging needs at least 2 repeats, got {repeats}")
+class _AskingSeveralTimes:
+    """An attacker-side oracle that spends `queries_per_image` queries on every image it is given."""
+
+    def __init__(self, oracle: Oracle, queries_per_image: int) -> None:
         self._oracle = oracle
-        self.queries_per_image = repeats
+        self.queries_per_image = queries_per_image
 
     @property
     def output(self) -> OutputMode:
@@ -45,34 +45,28 @@ class RepeatAveraging:
     @property
     def budget(self) -> int | None:
         return self._oracle.budget
+
+
+class RepeatAveraging(_AskingSeveralTimes):
+    def __init__(self, oracle: Oracle, repeats: int = 4) -> None:
+        if repeats < 2:
+            raise ConfigError(f"repeat averaging needs at least 2 repeats, got {repeats}")
+        super().__init__(oracle, repeats)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         answers = self._oracle.query(images.repeat_interleave(self.queries_per_image, dim=0))
         return answers.view(len(images), self.queries_per_image, -1).mean(1)
 
 
-class JitterConsensus:
+class JitterConsensus(_AskingSeveralTimes):
     def __init__(self, oracle: Oracle, copies: int = 3, jitter: float = 2 / 255, seed: int = 0) -> None:
         if copies < 2:
             raise ConfigError(f"jitter consensus needs at least 2 copies, got {copies}")
         if not 0 < jitter <= 0.1:
             raise ConfigError(f"the jitter must lie in (0, 0.1], got {jitter}")
-        self._oracle = oracle
-        self.queries_per_image = copies
+        super().__init__(oracle, copies)
         self._jitter = jitter
         self._generator = torch.Generator().manual_seed(seed)
-
-    @property
-    def output(self) -> OutputMode:
-        return self._oracle.output
-
-    @property
-    def queries_used(self) -> int:
-        return self._oracle.queries_used
-
-    @property
-    def budget(self) -> int | None:
-        return self._oracle.budget
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         copies = images.repeat_interleave(self.queries_per_image, dim=0)

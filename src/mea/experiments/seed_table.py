@@ -7,13 +7,15 @@ labels.  Only the implementation differs, so the time column measures the implem
 
 from __future__ import annotations
 
+import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mea.experiments.attack import AttackConfig, run_attack
-from mea.runs import run_directory, write_json
+from mea.experiments.attack import AttackConfig
+from mea.experiments.trial import Trial
+from mea.runs import write_json
 from mea.training import LabelLoss, Schedule, TrainConfig
-from mea.victim import Victim
 
 
 @dataclass(frozen=True)
@@ -58,32 +60,52 @@ def markdown(rows: list[tuple[StudyRow, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_seed_table(
-    victim: Victim, out: Path, data_dir: Path | None = None, seed: int = 0, force: bool = False, progress: bool = True
-) -> str:
-    """Rerun the five rows against `victim`; writes seed_table.md, seed_table.json and one run per row."""
-    with run_directory(out, force) as scratch:
-        results = []
-        for row in STUDY_ROWS:
-            metrics = run_attack(
-                row_config(row, seed), victim, data_dir, out=scratch / f"run{row.run}", progress=progress
-            )
-            results.append((row, metrics))
-        table = markdown(results)
-        (scratch / "seed_table.md").write_text(
-            "Time is the clone's training time; the study's is its reported time.\n\n" + table
-        )
-        write_json(
-            scratch / "seed_table.json",
-            [
-                {
-                    "study": row.__dict__,
-                    "queries": m["queries"],
-                    "clone": {k: m["clone"][k] for k in ("accuracy", "f1", "fidelity")},
-                    "time_s": m["time_s"],
-                    "config": m["config"],
-                }
-                for row, m in results
-            ],
-        )
+def study_trials(seed: int = 0) -> list[Trial]:
+    """The five rows as sweep trials (undefended)."""
+    return [Trial(row_config(row, seed)) for row in STUDY_ROWS]
+
+
+def study_results(records: list[dict]) -> list[tuple[StudyRow, list[dict]]]:
+    """The records that rerun each study row (any seed), for the rows that have some."""
+    found = []
+    for row in STUDY_ROWS:
+        wanted = _without_seed(Trial(row_config(row)).to_dict())
+        matching = [r for r in records if _without_seed(r["config"]) == wanted]
+        if matching:
+            found.append((row, matching))
+    return found
+
+
+def _without_seed(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+
+
+def mean_metrics(records: list[dict]) -> dict:
+    """The seed-averaged numbers `markdown` reads from one row's records."""
+    clone = {k: statistics.fmean(r["metrics"]["clone"][k] for r in records) for k in ("accuracy", "f1", "fidelity")}
+    return {"clone": clone, "time_s": {"train": statistics.fmean(r["time_s"]["train"] for r in records)}}
+
+
+def write_seed_table(records: list[dict], out: Path) -> str:
+    """seed_table.md and seed_table.json from a sweep's records; returns the table."""
+    rows = study_results(records)
+    table = markdown([(row, mean_metrics(found)) for row, found in rows])
+    seeds = sorted({r["seed"] for _, found in rows for r in found})
+    (out / "seed_table.md").write_text(
+        "Time is the clone's training time; the study's is its reported time. "
+        f"Seeds: {', '.join(map(str, seeds))} (mean).\n\n" + table
+    )
+    write_json(
+        out / "seed_table.json",
+        [
+            {
+                "study": row.__dict__,
+                "seeds": [r["seed"] for r in found],
+                "queries": found[0]["metrics"]["queries"],
+                **mean_metrics(found),
+                "hashes": [r["hash"] for r in found],
+            }
+            for row, found in rows
+        ],
+    )
     return table

@@ -92,25 +92,11 @@ class HttpOracle:
         return torch.cat(answers) if answers else torch.empty(0, 10)
 
     def _infer(self, images: torch.Tensor) -> torch.Tensor:
-        data = images.numpy().astype("<f4").tobytes()
-        header = orjson.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": list(images.shape),
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": len(data)},
-                    }
-                ],
-                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-            }
-        )
-        headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+        body, headers = binary_infer_request(images.numpy())
         delay = 0.5
         for attempt in range(self._max_retries + 1):
             try:
-                response = self._client.post(f"/v2/models/{self._model}/infer", content=header + data, headers=headers)
+                response = self._client.post(f"/v2/models/{self._model}/infer", content=body, headers=headers)
             except httpx.TransportError as exc:
                 if attempt == self._max_retries:
                     raise ServiceError(f"the service stopped answering ({exc})") from None
@@ -131,6 +117,29 @@ class HttpOracle:
                 continue
             raise ServiceError(f"HTTP {response.status_code}: {_message(response)}")
         raise ServiceError("gave up after repeated 429/503 answers")
+
+
+def binary_infer_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """An OIP v2 infer request with the images as one binary FP32 tensor (the binary-data
+    extension Triton's clients use): the JSON header, then the raw little-endian floats."""
+    data = images.astype("<f4").tobytes()
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(images.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    )
+    return header + data, {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def _message(response: httpx.Response) -> str:

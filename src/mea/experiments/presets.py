@@ -1,0 +1,29 @@
+"""Named sweeps: `mea sweep --preset NAME`.  Each builds its trials from a seed and may write a
+summary of its own beside the results once every trial has finished."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mea.experiments.seed_table import study_trials, write_seed_table
+from mea.experiments.sweep_config import SweepSpec, spec_from_trials
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    build: Callable[[int], SweepSpec]
+    # (all records of the results file, the sweep's directory) -> text to show, or None
+    summarise: Callable[[list[dict], Path], str | None] | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    "seed-table": Preset(
+        "the study's five runs (Adam, batch 512, constant LR, 60,000 probability queries); "
+        "writes seed_table.md beside the study's numbers",
+        lambda seed: spec_from_trials("seed-table", study_trials(seed)),
+        write_seed_table,
+    ),
+}

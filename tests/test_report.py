@@ -1,0 +1,141 @@
+"""`mea report`: figures and tables from a real (tiny) sweep, in one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mea.errors import ArtifactError
+from mea.experiments.backends import LocalBackend
+from mea.experiments.records import read_results
+from mea.experiments.seed_table import STUDY_ROWS, study_trials, write_seed_table
+from mea.experiments.sweep import run_sweep
+from mea.experiments.sweep_config import load_sweep
+from mea.report import write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, victim_dir, defense_dir, data_dir) -> Path:
+    """Two output modes x two budgets, a second seed for one of them, and two defended trials."""
+    directory = tmp_path_factory.mktemp("report-sweep")
+    config = directory / "sweep.yaml"
+    body = {
+        "victim": str(victim_dir),
+        "defense_dir": str(defense_dir),
+        "base": {"clone_arch": "mlp", "queries": 300, "train": {"epochs": 1, "min_steps": 20}},
+        "grid": {"output": ["probabilities", "label"], "queries": [300, 400]},
+        "trials": [{"seed": 1}, {"defense": {"target_fpr": 0.05}}, {"defense": {"target_fpr": 0.05}, "seed": 1}],
+    }
+    config.write_text(yaml.safe_dump(body))
+    result = run_sweep(load_sweep(config), directory / "out", LocalBackend(1), data_dir, quiet=True)
+    assert result.finished == 7 and not result.failed
+    return directory / "out"
+
+
+def test_report_renders_figures_tables_and_one_self_contained_page(sweep_dir, tmp_path):
+    out = tmp_path / "report"
+    env = {**os.environ, "CI": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mea", "report", str(sweep_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = ["accuracy_vs_budget.png", "fidelity_vs_budget.png", "defense_tradeoff.png", "confusion_best_clone.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*figures, "report.html", "report.md"])
+    for name in figures:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, name
+
+    page = (out / "report.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == len(figures)
+    assert {base64.b64decode(e) for e in embedded} == {(out / n).read_bytes() for n in figures}
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from elsewhere
+    assert "Defense trade-off" in page and "benign accuracy (%)" in page and "undefended" in page
+
+    markdown = (out / "report.md").read_text()
+    assert all(f"]({name})" in markdown for name in figures)
+    assert "| output | queries | defense | seeds | clone accuracy (%) |" in markdown
+    assert "Study accuracy" not in markdown  # no study rows in this sweep: no seed table
+
+
+def test_report_puts_the_seed_table_beside_the_study(sweep_dir, tmp_path):
+    # The study's runs take minutes each; its table is rendered here from real records relabelled
+    # with the study's five configs (the report reads configs and numbers, not how they came about).
+    records = [r for r in read_results(sweep_dir / "results.jsonl").records if not r["config"]["defense"]]
+    lines = []
+    for seed in (0, 1):
+        for trial, record in zip(study_trials(seed), records[: len(STUDY_ROWS)], strict=True):
+            lines.append(json.dumps({**record, "config": json.loads(json.dumps(trial.to_dict())), "seed": seed}))
+    path = tmp_path / "study.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    page = write_report(path, tmp_path / "report").read_text()
+    assert "The study&#x27;s table, rerun" in page and "Study accuracy (%)" in page
+    for row in STUDY_ROWS:
+        assert f"<td>{row.accuracy:.2f}</td>" in page
+    assert "mean over seeds 0, 1" in page
+    # The preset's own summary, written beside its results, reads the same records.
+    table = write_seed_table(list(read_results(path).records), tmp_path)
+    assert table.count("\n") == 2 + len(STUDY_ROWS) and "| 1 | 0.0001 | 10 |" in table
+    assert "Seeds: 0, 1 (mean)" in (tmp_path / "seed_table.md").read_text()
+    assert len(json.loads((tmp_path / "seed_table.json").read_text())) == len(STUDY_ROWS)
+    assert not (tmp_path / "report" / "defense_tradeoff.png").exists()  # no defended trials
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(ArtifactError, match="no results at"):
+        write_report(tmp_path, tmp_path / "report")
+    (tmp_path / "results.jsonl").write_text('{"hash": "a", "format": 1')  # only a torn line
+    with pytest.raises(ArtifactError, match="holds no finished trials"):
+        write_report(tmp_path, tmp_path / "report")
+
+
+def _browser() -> list[str] | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if path := shutil.which(name):
+            return [path, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--dump-dom"]
+    return None
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("playwright") is None and _browser() is None, reason="no headless browser installed"
+)
+def test_report_opens_in_a_headless_browser_without_errors(sweep_dir, tmp_path):
+    page_path = write_report(sweep_dir, tmp_path / "report")
+    url = page_path.resolve().as_uri()
+    if importlib.util.find_spec("playwright") is not None:
+        from playwright.sync_api import sync_playwright
+
+        errors: list[str] = []
+        with sync_playwright() as p:
+            browser = p.chromium.launch()
+            try:
+                page = browser.new_page()
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+                page.goto(url)
+                widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+            finally:
+                browser.close()
+        assert not errors and widths and all(w > 0 for w in widths)
+    else:
+        done = subprocess.run([*_browser(), url], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("<img") == 4
+        assert "Uncaught" not in done.stderr and "CONSOLE" not in done.stderr
