@@ -119,7 +119,7 @@ def extract(
     clone = train_clone()
     unqueried = torch.ones(len(pool), dtype=torch.bool)
     unqueried[transfer.pool_index[transfer.pool_index >= 0]] = False
-    if train.pseudo_label_rounds and unqueried.any():
+    if train.pseudo_label_rounds:
         clone, seconds = self_train(
             lambda round_: models.build(clone_arch, derive_seed(seed, f"student-{round_}")),
             clone,

@@ -35,7 +35,12 @@ def self_train(
     generator: torch.Generator,
     progress: bool = True,
 ) -> tuple[nn.Module, float]:
-    """`config.pseudo_label_rounds` rounds of noisy-student training; (the last student, training seconds)."""
+    """`config.pseudo_label_rounds` rounds of noisy-student training; (the last student, training seconds).
+
+    With nothing unlabelled left (the whole pool was queried), the teacher is already the clone.
+    """
+    if len(unlabelled) == 0:
+        return teacher, 0.0
     student_config = dataclasses.replace(
         config, epochs=config.pseudo_label_epochs, shift=max(config.shift, 2), min_steps=0, true_label_weight=0.0
     )
