@@ -125,6 +125,26 @@ class Oracle(Protocol):
         ...
 
 
+class OracleWrapper:
+    """Wraps another oracle, forwarding its output mode, queries used and budget; a subclass
+    changes what it needs (how it asks, what it answers) and writes `query`."""
+
+    def __init__(self, oracle: Oracle) -> None:
+        self._oracle = oracle
+
+    @property
+    def output(self) -> OutputMode:
+        return self._oracle.output
+
+    @property
+    def queries_used(self) -> int:
+        return self._oracle.queries_used
+
+    @property
+    def budget(self) -> int | None:
+        return self._oracle.budget
+
+
 def check_images(images: torch.Tensor) -> torch.Tensor:
     """Validate a query batch; returns it as contiguous float32."""
     if not isinstance(images, torch.Tensor):

@@ -46,6 +46,12 @@ class Victim:
     fingerprint: str
     config: dict
 
+    @property
+    def splits(self) -> MnistSplits:
+        """The MNIST train splits this victim was trained with (its calibration split is the defender's)."""
+        record = self.config.get("splits", {})
+        return MnistSplits(int(record.get("calibration_size", MnistSplits().calibration_size)))
+
 
 def train_victim(
     config: VictimConfig, out: Path, data_dir: Path | None = None, force: bool = False, progress: bool = True

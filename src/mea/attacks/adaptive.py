@@ -24,27 +24,15 @@ import torch
 from mea.attacks.strategy import AttackState, Queries, Strategy
 from mea.data.pools import Pool
 from mea.errors import ConfigError
-from mea.oracle import Oracle, OutputMode
+from mea.oracle import Oracle, OracleWrapper, OutputMode
 
 
-class _AskingSeveralTimes:
+class _AskingSeveralTimes(OracleWrapper):
     """An attacker-side oracle that spends `queries_per_image` queries on every image it is given."""
 
     def __init__(self, oracle: Oracle, queries_per_image: int) -> None:
-        self._oracle = oracle
+        super().__init__(oracle)
         self.queries_per_image = queries_per_image
-
-    @property
-    def output(self) -> OutputMode:
-        return self._oracle.output
-
-    @property
-    def queries_used(self) -> int:
-        return self._oracle.queries_used
-
-    @property
-    def budget(self) -> int | None:
-        return self._oracle.budget
 
 
 class RepeatAveraging(_AskingSeveralTimes):

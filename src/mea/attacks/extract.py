@@ -117,9 +117,9 @@ def extract(
         why = "the service refused it at once" if refused_after is not None else f"it kept none of its {budget} answers"
         raise ConfigError(f"the attacker has nothing to train a clone on: {why}")
     clone = train_clone()
-    unqueried = torch.ones(len(pool), dtype=torch.bool)
-    unqueried[transfer.pool_index[transfer.pool_index >= 0]] = False
     if train.pseudo_label_rounds:
+        unqueried = torch.ones(len(pool), dtype=torch.bool)
+        unqueried[transfer.pool_index[transfer.pool_index >= 0]] = False
         clone, seconds = self_train(
             lambda round_: models.build(clone_arch, derive_seed(seed, f"student-{round_}")),
             clone,

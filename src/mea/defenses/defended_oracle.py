@@ -15,7 +15,7 @@ import torch
 from mea.defenses.detector import OodDetector
 from mea.defenses.policies import Policy
 from mea.errors import ConfigError
-from mea.oracle import Oracle, OutputMode, Probabilities
+from mea.oracle import Oracle, OracleWrapper, OutputMode, Probabilities
 
 
 @runtime_checkable
@@ -27,8 +27,10 @@ class InspectableOracle(Oracle, Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-class DefendedOracle:
+class DefendedOracle(OracleWrapper):
     """Wraps an oracle with a detector and a response policy; answers in its own output mode."""
+
+    _oracle: InspectableOracle
 
     def __init__(
         self,
@@ -46,7 +48,7 @@ class DefendedOracle:
             raise ConfigError("the defended oracle must see exact probabilities; set the output mode on the defense")
         if len(secret) < 16:
             raise ConfigError("the defense's secret must be at least 16 bytes")
-        self._oracle = oracle
+        super().__init__(oracle)
         self._detector = detector
         self._policy = policy
         self._secret = secret
@@ -55,14 +57,6 @@ class DefendedOracle:
     @property
     def output(self) -> OutputMode:
         return self._output
-
-    @property
-    def queries_used(self) -> int:
-        return self._oracle.queries_used
-
-    @property
-    def budget(self) -> int | None:
-        return self._oracle.budget
 
     def answer(self, images: torch.Tensor, severity_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(answers in the output mode, which rows were flagged): the flags are for the audit log only.

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
 from mea import __version__
-from mea.data import ImageSet, MnistSplits, load, make_pool
+from mea.data import ImageSet, load, make_pool
 from mea.data.pools import check_pool_name
 from mea.defenses.detector import CONFIDENCE, DetectorConfig, OodDetector
 from mea.defenses.gate import ClientGate
@@ -91,8 +91,7 @@ def evaluate_defense(
     check_out(out, force)
     start = time.perf_counter()
     test = load("mnist", "test", data_dir)
-    calibration_size = int(victim.config.get("splits", {}).get("calibration_size", MnistSplits().calibration_size))
-    splits = MnistSplits(calibration_size)
+    splits = victim.splits
     mnist_train = load("mnist", "train", data_dir)
     calibration, train_split = mnist_train.subset(splits.calibration), mnist_train.subset(splits.victim_train)
     detector = defense.detector

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mea import __version__
-from mea.data import MnistSplits, load
+from mea.data import load
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.detector import DetectorConfig, OodDetector
 from mea.defenses.policies import Policy, parse_policy
@@ -64,8 +64,7 @@ def fit_defense(
 ) -> Defense:
     """Fit the detector on the victim's training split and calibrate it on the calibration split."""
     parsed_policy = parse_policy(policy)
-    splits_record = victim.config.get("splits", {})
-    splits = MnistSplits(int(splits_record.get("calibration_size", MnistSplits().calibration_size)))
+    splits = victim.splits
     start = time.perf_counter()
     with run_directory(out, force) as scratch:
         train = load("mnist", "train", data_dir)

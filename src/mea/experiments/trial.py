@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from mea import __version__
-from mea.data import MnistSplits, load
+from mea.data import load
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.policies import parse_policy
 from mea.defenses.store import Defense, load_defense
 from mea.errors import ConfigError
 from mea.experiments.attack import AttackConfig, run_attack
-from mea.oracle import OutputMode, VictimOracle, parse_output
+from mea.oracle import OracleWrapper, OutputMode, VictimOracle, parse_output
 from mea.victim import Victim, load_victim
 
 RECORD_FORMAT = 1  # bump when a record's layout changes meaning; readers refuse other formats
@@ -178,8 +178,7 @@ def defense_digest(directory: Path) -> str:
 @functools.lru_cache(maxsize=16)
 def _calibration_scores(defense_dir: Path, victim_dir: Path, data_dir: Path | None) -> torch.Tensor:
     victim, defense = _victim(victim_dir), _defense(defense_dir, victim_dir)
-    size = int(victim.config.get("splits", {}).get("calibration_size", MnistSplits().calibration_size))
-    calibration = load("mnist", "train", data_dir).subset(MnistSplits(size).calibration)
+    calibration = load("mnist", "train", data_dir).subset(victim.splits.calibration)
     return defense.detector.score_images(victim.model, calibration.images)
 
 
@@ -214,25 +213,15 @@ def _benign_accuracy(context: TrialContext, settings: DefenseSettings | None, ou
     return float((answers.argmax(1) == test.labels).float().mean())
 
 
-class _FlagCounter:
+class _FlagCounter(OracleWrapper):
     """The defended oracle as the attack sees it, counting how many of the attacker's queries it flags."""
 
+    _oracle: DefendedOracle
+
     def __init__(self, oracle: DefendedOracle) -> None:
-        self._oracle = oracle
+        super().__init__(oracle)
         self.flagged = 0
         self.answered = 0
-
-    @property
-    def output(self) -> OutputMode:
-        return self._oracle.output
-
-    @property
-    def queries_used(self) -> int:
-        return self._oracle.queries_used
-
-    @property
-    def budget(self) -> int | None:
-        return self._oracle.budget
 
     @property
     def flagged_rate(self) -> float:
