@@ -285,3 +285,14 @@ def test_sigterm_shuts_down_cleanly_without_losing_a_row(victim_dir, data_dir, t
     with sqlite3.connect(server.db) as db:
         rows = db.execute("SELECT COUNT(*) FROM audit WHERE status = 200").fetchone()[0]
     assert rows == answered.count(200) and rows >= 10
+
+
+def test_an_attack_refused_over_http_trains_on_what_it_got_and_says_so(service, victim, data_dir):
+    token = create_key(service.db, "--name", "fashion-thief", "--quota", "1000")
+    config = AttackConfig(
+        queries=1000, pool="fashion-mnist", train=TrainConfig(epochs=1, batch_size=128, min_steps=20), seed=0
+    )
+    metrics = run_attack(config, victim, data_dir, oracle=HttpOracle(service.url, token, batch_size=50), progress=False)
+    # An all-OOD stream is refused by the batch that takes it to 200 queries; the 150 answered
+    # before it are kept and trained on.
+    assert metrics["refused_after"] == 150

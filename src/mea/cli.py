@@ -313,6 +313,11 @@ def attack_command(
     victim = load_victim(victim_dir)
     metrics = run_attack(config, victim, data_dir, oracle=oracle, out=out, force=force, progress=not quiet)
     _print_metrics(metrics, metrics["time_s"], metrics["queries"])
+    if metrics["refused_after"] is not None:
+        console.print(
+            f"[yellow]the service refused further queries after {metrics['refused_after']:,}; "
+            "the clone learned from the answers it got before that[/yellow]"
+        )
     console.print(f"run written to [bold]{out}[/bold]")
 
 

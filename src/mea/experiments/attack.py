@@ -129,6 +129,8 @@ def run_attack(
             "uniform_agreement": agreement(predict_logits(extraction.clone, noise), victim_noise_logits),
         },
         "queries": extraction.queries,
+        # Queries answered before the service refused the attacker (None: never refused).
+        "refused_after": extraction.refused_after,
         "uses_true_labels": config.uses_true_labels,
         "time_s": {
             "query": extraction.query_time_s,
