@@ -1,8 +1,10 @@
 """What the defense adds to each query: detector time against the victim's own forward pass.
 
-Measures, per batch size, the undefended oracle (victim forward + softmax), the defended oracle on
-in-distribution traffic (MNIST test: detector cost, policy almost never used) and on
-out-of-distribution traffic (Fashion-MNIST: nearly every answer comes from the policy).
+Measures, per batch size, the undefended oracle (victim forward + softmax); the detector alone (the
+same forward pass, reading the detector's layers, plus the score: what every query pays); the
+defended oracle on in-distribution traffic (MNIST test: detector plus the policy for the ~1% of
+benign rows it flags) and on out-of-distribution traffic (Fashion-MNIST: nearly every answer
+comes from the policy).
 
     python -m benchmarks.detector_overhead --victim DIR --defense DIR
 """
@@ -59,27 +61,37 @@ def main() -> None:
     plain = VictimOracle(victim.model)
     defended = defense.oracle(victim)
 
+    def detector_only(images: torch.Tensor) -> torch.Tensor:
+        return defense.detector.score(plain.inspect(images, defense.detector.layers)[1])
+
     rows = []
     for batch in (1, 32, 256, 1024):
         count = 512 if batch == 1 else args.images
         ood = fashion[:count]
         id_timing = per_image_us(
-            {"victim": plain.query, "defended": defended.query}, mnist[:count], batch, args.repeats
+            {"victim": plain.query, "detector": detector_only, "defended": defended.query},
+            mnist[:count],
+            batch,
+            args.repeats,
         )
         ood_timing = per_image_us({"victim": plain.query, "defended": defended.query}, ood, batch, args.repeats)
         victim_us, id_us, ood_us = id_timing["victim"], id_timing["defended"], ood_timing["defended"]
+        detector_us = id_timing["detector"]
         rows.append(
             {
                 "batch": batch,
                 "victim_us": victim_us,
+                "detector_us": detector_us,
+                "detector_only_overhead": detector_us / victim_us - 1,
                 "defended_id_us": id_us,
                 "defended_ood_us": ood_us,
-                "detector_overhead": id_us / victim_us - 1,
+                "defended_id_overhead": id_us / victim_us - 1,
                 "ood_overhead": ood_us / ood_timing["victim"] - 1,
             }
         )
         print(
-            f"batch {batch:5d}: victim {victim_us:7.1f} us/image, defended ID {id_us:7.1f} "
+            f"batch {batch:5d}: victim {victim_us:7.1f} us/image, detector {detector_us:7.1f} "
+            f"(+{detector_us / victim_us - 1:.1%}), defended ID {id_us:7.1f} "
             f"(+{id_us / victim_us - 1:.1%}), defended OOD {ood_us:7.1f} (+{ood_us / ood_timing['victim'] - 1:.1%})",
             flush=True,
         )

@@ -55,6 +55,23 @@ def test_calibration_hits_its_target_rate_on_unseen_in_distribution_data(victim,
     assert detector.saturation > detector.threshold
 
 
+def test_the_fused_score_is_the_sum_of_the_standardised_components(victim, detector, mnist, data_dir):
+    """The compiled scorer (every query) against the plain per-component formula (fit, layer study)."""
+    from mea.defenses.mahalanobis import layer_features
+
+    images = torch.cat([mnist[2].images[:300], load("fashion-mnist", "test", data_dir).images[:300]])
+    features = layer_features(victim.model, images, detector.layers)
+    components = detector.component_scores(features)
+    reference = sum(detector.standardisers[name](value) for name, value in components.items())
+    fused = detector.score(features)
+    assert fused.dtype == torch.float32 and fused.shape == (600,)
+    torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-3)
+    single = detector.score({name: value[:1] for name, value in features.items()})  # batch of one
+    torch.testing.assert_close(single, fused[:1])
+    empty = detector.score({name: value[:0] for name, value in features.items()})
+    assert empty.shape == (0,)
+
+
 def test_a_stricter_target_flags_fewer(victim, detector, mnist):
     scores = detector.score_images(victim.model, mnist[1].images)
     strict = detector.calibrated(scores, 0.01)

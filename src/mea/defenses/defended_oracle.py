@@ -67,7 +67,7 @@ class DefendedOracle(OracleWrapper):
         probabilities, features = self._oracle.inspect(images, self._detector.layers)
         scores = self._detector.score(features)
         flags = scores > self._detector.threshold
-        treated = flags | (severity_floor > 0)
+        treated = torch.ones_like(flags) if severity_floor > 0 else flags
         answers = probabilities
         if treated.any():
             answers = probabilities.clone()

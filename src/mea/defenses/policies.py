@@ -36,21 +36,22 @@ def keyed_uniforms(secret: bytes, images: torch.Tensor, count: int) -> np.ndarra
 
     One HMAC per image seeds a SplitMix64 stream; the streams are drawn for the whole batch at once.
     """
-    pixels = (images.detach().reshape(len(images), -1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    # In numpy: a few microseconds instead of a few tens for five torch operations on a tiny batch.
+    pixels = np.rint(np.clip(images.detach().reshape(len(images), -1).numpy(), 0, 1) * 255).astype(np.uint8)
     seeds = np.array(
         [int.from_bytes(hmac.digest(secret, row.tobytes(), hashlib.sha256)[:8], "little") for row in pixels],
         dtype=np.uint64,
     )
     steps = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
-    with np.errstate(over="ignore"):
-        bits = _splitmix64(seeds[:, None] + steps[None, :])
+    bits = _splitmix64(seeds[:, None] + steps[None, :])  # uint64 arrays wrap silently
     # The top 53 bits, offset by half a step: strictly inside (0, 1).
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
 
 
 def _dirichlet(uniforms: np.ndarray, alpha: float) -> np.ndarray:
     """Dirichlet(alpha) rows from uniforms, by normalised Gamma(alpha) inverse-CDF draws."""
-    gammas = np.maximum(gammaincinv(alpha, uniforms), 1e-300)
+    # Gamma(1) is Exp(1), whose inverse CDF is closed-form and ten times cheaper than gammaincinv.
+    gammas = np.maximum(-np.log1p(-uniforms) if alpha == 1 else gammaincinv(alpha, uniforms), 1e-300)
     return gammas / gammas.sum(1, keepdims=True)
 
 
