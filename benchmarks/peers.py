@@ -80,36 +80,31 @@ class ArtThief:
         )
 
 
-def copycat(victim, thief: ArtThief, queries: int, epochs: int, use_probability: bool):
-    """ART's CopycatCNN (Correia-Silva et al. 2018)."""
-    from art.attacks.extraction import CopycatCNN
+def art_attack(name: str, **options: object) -> Callable:
+    """A factory of one of ART's extraction attacks, configured as every attacker here is:
+    `make(victim, thief, queries, epochs, use_probability)`."""
 
-    return CopycatCNN(
-        victim,
-        batch_size_fit=thief.batch_size_fit,
-        batch_size_query=512,
-        nb_epochs=epochs,
-        nb_stolen=queries,
-        use_probability=use_probability,
-    )
+    def make(victim, thief: ArtThief, queries: int, epochs: int, use_probability: bool):
+        from art.attacks import extraction
 
+        return getattr(extraction, name)(
+            victim,
+            batch_size_fit=thief.batch_size_fit,
+            batch_size_query=512,
+            nb_epochs=epochs,
+            nb_stolen=queries,
+            use_probability=use_probability,
+            **options,
+        )
 
-def knockoff_random(victim, thief: ArtThief, queries: int, epochs: int, use_probability: bool):
-    """ART's KnockoffNets (Orekondy et al. 2019) with random sampling."""
-    from art.attacks.extraction import KnockoffNets
-
-    return KnockoffNets(
-        victim,
-        batch_size_fit=thief.batch_size_fit,
-        batch_size_query=512,
-        nb_epochs=epochs,
-        nb_stolen=queries,
-        sampling_strategy="random",
-        use_probability=use_probability,
-    )
+    return make
 
 
-ART_ATTACKS: dict[str, Callable] = {"CopycatCNN": copycat, "KnockoffNets(random)": knockoff_random}
+# CopycatCNN (Correia-Silva et al. 2018) and KnockoffNets (Orekondy et al. 2019) with random sampling.
+ART_ATTACKS: dict[str, Callable] = {
+    "CopycatCNN": art_attack("CopycatCNN"),
+    "KnockoffNets(random)": art_attack("KnockoffNets", sampling_strategy="random"),
+}
 
 
 def art_postprocessors() -> dict[str, object]:

@@ -42,7 +42,6 @@ from benchmarks.peers import (
     PostprocessedOracle,
     art_postprocessors,
     art_victim,
-    copycat,
     require_art,
     seed_globals,
 )
@@ -145,7 +144,7 @@ def search_art(bench: Bench) -> tuple[ArtThief, list[dict]]:
         seed_globals(bench.plan.seed)
         thieved = thief.build(bench.plan.seed)
         start = time.perf_counter()
-        copycat(art_victim(bench.victim.model), thief, len(images), bench.plan.epochs, False).extract(
+        ART_ATTACKS["CopycatCNN"](art_victim(bench.victim.model), thief, len(images), bench.plan.epochs, False).extract(
             images.numpy(), thieved_classifier=thieved
         )
         logits = predict_logits(thieved.model, bench.validation.images)
