@@ -119,14 +119,20 @@ class Bench:
         )
         return {"time_s": time.perf_counter() - start, **self.evaluate(extraction.clone)}
 
-    def art_attack(self, attack: Callable, images: torch.Tensor, thief: ArtThief, use_probability: bool, **victim):
+    def art_extract(
+        self, attack: Callable, images: torch.Tensor, thief: ArtThief, use_probability: bool, **victim
+    ) -> tuple[nn.Module, float]:
+        """ART's attack on `images`: (the stolen model, seconds spent querying and training)."""
         seed_globals(self.plan.seed)
         thieved = thief.build(self.plan.seed)
         start = time.perf_counter()
         art = attack(art_victim(self.victim.model, **victim), thief, len(images), self.plan.epochs, use_probability)
         stolen = art.extract(images.numpy(), thieved_classifier=thieved)
-        elapsed = time.perf_counter() - start
-        return {"time_s": elapsed, **self.evaluate(stolen.model)}
+        return stolen.model, time.perf_counter() - start
+
+    def art_attack(self, attack: Callable, images: torch.Tensor, thief: ArtThief, use_probability: bool, **victim):
+        model, seconds = self.art_extract(attack, images, thief, use_probability, **victim)
+        return {"time_s": seconds, **self.evaluate(model)}
 
 
 def log(message: str) -> None:
@@ -141,15 +147,10 @@ def search_art(bench: Bench) -> tuple[ArtThief, list[dict]]:
     images = bench.queries(10_000)
     rows = []
     for thief in ART_SEARCH:
-        seed_globals(bench.plan.seed)
-        thieved = thief.build(bench.plan.seed)
-        start = time.perf_counter()
-        ART_ATTACKS["CopycatCNN"](art_victim(bench.victim.model), thief, len(images), bench.plan.epochs, False).extract(
-            images.numpy(), thieved_classifier=thieved
-        )
-        logits = predict_logits(thieved.model, bench.validation.images)
+        model, seconds = bench.art_extract(ART_ATTACKS["CopycatCNN"], images, thief, False)
+        logits = predict_logits(model, bench.validation.images)
         accuracy = float((logits.argmax(1) == bench.validation.labels).float().mean())
-        rows.append({**asdict(thief), "validation_accuracy": accuracy, "time_s": time.perf_counter() - start})
+        rows.append({**asdict(thief), "validation_accuracy": accuracy, "time_s": seconds})
         log(f"  ART search {thief}: validation accuracy {accuracy:.2%}")
     best = max(rows, key=lambda row: row["validation_accuracy"])
     return ArtThief(best["batch_size_fit"], best["lr"]), rows

@@ -21,7 +21,8 @@ from pathlib import Path
 from mea import plots  # sets the Agg backend before pyplot is imported
 from mea.errors import ArtifactError
 from mea.experiments.records import read_results, results_path
-from mea.experiments.seed_table import markdown as seed_table_markdown
+from mea.experiments.seed_table import HEADER as SEED_TABLE_HEADER
+from mea.experiments.seed_table import cells as seed_table_cells
 from mea.experiments.seed_table import mean_metrics, study_results
 from mea.runs import run_directory
 
@@ -156,9 +157,7 @@ def _seed_table(records: list[dict]) -> Section | None:
     rows = study_results(records)
     if not rows:
         return None
-    table = seed_table_markdown([(row, mean_metrics(found)) for row, found in rows])
-    lines = [line.strip().strip("|").split("|") for line in table.strip().splitlines()]
-    header, body = [c.strip() for c in lines[0]], [[c.strip() for c in line] for line in lines[2:]]
+    header, body = list(SEED_TABLE_HEADER), seed_table_cells([(row, mean_metrics(found)) for row, found in rows])
     seeds = sorted({r["seed"] for _, found in rows for r in found})
     return Section(
         "The study's table, rerun",

@@ -78,11 +78,12 @@ class TrainConfig:
             )
         if not 0 <= self.shift <= 8:
             raise ConfigError(f"shift must lie in [0, 8] pixels, got {self.shift}")
-        object.__setattr__(self, "schedule", _choice(Schedule, self.schedule, "schedule"))
-        object.__setattr__(self, "loss", _choice(LabelLoss, self.loss, "loss"))
+        object.__setattr__(self, "schedule", parse_choice(Schedule, self.schedule, "schedule"))
+        object.__setattr__(self, "loss", parse_choice(LabelLoss, self.loss, "loss"))
 
 
-def _choice(enum: type[StrEnum], value: str, what: str):
+def parse_choice(enum: type[StrEnum], value: str, what: str):
+    """`value` as a member of `enum`, or a ConfigError naming the choices."""
     try:
         return enum(value)
     except ValueError:

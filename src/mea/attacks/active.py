@@ -108,8 +108,7 @@ class ActiveSelection:
             index = torch.randperm(len(state.pool), generator=state.generator)[:initial]
             return Queries(state.pool.images[index], index)
         size = min(state.remaining, math.ceil((budget - initial) / self.rounds))
-        unqueried = torch.ones(len(state.pool), dtype=torch.bool)
-        unqueried[state.transfer.pool_index[state.transfer.pool_index >= 0]] = False
+        unqueried = ~state.transfer.queried(len(state.pool))
         rows = unqueried.nonzero().squeeze(1)
         rows = rows[torch.randperm(len(rows), generator=state.generator)[: max(self.candidates, size)]]
         clone = state.train_clone()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from mea import models
@@ -118,8 +117,7 @@ def extract(
         raise ConfigError(f"the attacker has nothing to train a clone on: {why}")
     clone = train_clone()
     if train.pseudo_label_rounds:
-        unqueried = torch.ones(len(pool), dtype=torch.bool)
-        unqueried[transfer.pool_index[transfer.pool_index >= 0]] = False
+        unqueried = ~transfer.queried(len(pool))
         clone, seconds = self_train(
             lambda round_: models.build(clone_arch, derive_seed(seed, f"student-{round_}")),
             clone,

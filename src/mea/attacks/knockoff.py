@@ -89,21 +89,22 @@ class AdaptiveKnockoff:
         bandit = self._replay(state, arms)
         budget = len(transfer) + state.remaining
         size = min(state.remaining, math.ceil(budget / self.rounds))
-        queried = torch.zeros(len(pool), dtype=torch.bool)
-        queried[transfer.pool_index[transfer.pool_index >= 0]] = True
+        unqueried = ~transfer.queried(len(pool))
+        # Each arm's unqueried pool rows, ascending; a pick is removed from its arm's list.
+        free_rows = [((pool.labels == arm) & unqueried).nonzero().squeeze(1) for arm in range(arms)]
         chosen = []
         for _ in range(size):
             pi = bandit.policy()
             while True:  # an exhausted arm is never drawn again
                 arm = int(torch.multinomial(pi, 1, generator=state.generator))
-                free = ((pool.labels == arm) & ~queried).nonzero().squeeze(1)
+                free = free_rows[arm]
                 if len(free):
                     break
                 pi = pi.clone()
                 pi[arm] = 0.0
-            pick = int(free[torch.randint(len(free), (1,), generator=state.generator)])
-            queried[pick] = True
-            chosen.append(pick)
+            position = int(torch.randint(len(free), (1,), generator=state.generator))
+            chosen.append(int(free[position]))
+            free_rows[arm] = torch.cat([free[:position], free[position + 1 :]])
             # Within a round the answers are not known yet: rewards arrive with the next round's replay.
         index = torch.tensor(chosen, dtype=torch.long)
         return Queries(pool.images[index], index)

@@ -36,6 +36,12 @@ class TransferSet:
         self.answers = torch.cat([self.answers, answers])
         self.pool_index = torch.cat([self.pool_index, pool_index])
 
+    def queried(self, pool_size: int) -> torch.Tensor:
+        """A boolean mask over the attacker's pool: True where that image has been queried."""
+        mask = torch.zeros(pool_size, dtype=torch.bool)
+        mask[self.pool_index[self.pool_index >= 0]] = True
+        return mask
+
 
 @dataclass(frozen=True)
 class Queries:

@@ -43,7 +43,12 @@ def confidence_score(logits: torch.Tensor) -> torch.Tensor:
     is 1 - 1e-9, which a float32 probability (or 1 + 1e-9 in float32) rounds to exactly 1, losing
     the very differences that matter here.
     """
-    return torch.from_numpy(_confidence(logits.detach().cpu().numpy())).float()
+    values = logits.detach().cpu().double().numpy()
+    top = values.argmax(1)
+    rows = np.arange(len(values))
+    others = np.exp(values - values[rows, top][:, None])
+    others[rows, top] = 0.0
+    return torch.from_numpy(np.log(np.maximum(np.log1p(others.sum(1)), 1e-300))).float()
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,6 @@ class OodDetector:
         if self._scorer is None:
             self._scorer = _FusedScorer(self.config, self.gaussians, self.standardisers)
         return self._scorer(features)
-
-    def flag(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.score(features) > self.threshold
 
     def severity(self, scores: torch.Tensor) -> torch.Tensor:
         """0 at the threshold, rising linearly to 1 at the saturation score."""
@@ -293,12 +295,3 @@ def _score_rows(
             total += weights[layers] * np.log(max(np.log1p(others), 1e-300))
         scores[row] = total
     return scores
-
-
-def _confidence(logits: np.ndarray) -> np.ndarray:
-    """`confidence_score` on a numpy array, in float64."""
-    logits = logits.astype(np.float64)
-    top = logits.argmax(1)
-    shifted = np.exp(logits - logits[np.arange(len(logits)), top][:, None])
-    shifted[np.arange(len(logits)), top] = 0.0
-    return np.log(np.maximum(np.log1p(shifted.sum(1)), 1e-300))

@@ -14,6 +14,7 @@ import torch
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.prada import REFUSED, SUSPECT, ClientState, PradaMonitor
 from mea.errors import Refused
+from mea.models import NUM_CLASSES
 from mea.oracle import OutputMode
 
 SUSPECT_SEVERITY = 0.5
@@ -64,10 +65,7 @@ class ClientOracle:
         answered: list[torch.Tensor] = []
         for start in range(0, len(images), self.batch_size):
             if self._gate.refused(self.client):
-                raise Refused(
-                    f"the service refused client {self.client!r} after {self.queries_used} queries",
-                    torch.cat(answered) if answered else None,
-                )
+                break
             answers, _, state = self._gate.answer(self.client, images[start : start + self.batch_size])
             if state.level < REFUSED:  # the batch that crossed the line is not answered, as over HTTP
                 answered.append(answers)
@@ -76,4 +74,4 @@ class ClientOracle:
                 f"the service refused client {self.client!r} after {self.queries_used} queries",
                 torch.cat(answered) if answered else None,
             )
-        return torch.cat(answered)
+        return torch.cat(answered) if answered else torch.empty(0, NUM_CLASSES)

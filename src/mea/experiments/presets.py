@@ -6,9 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mea.experiments.seed_table import study_trials, write_seed_table
-from mea.experiments.sweep_config import SweepSpec, spec_from_trials
+
+if TYPE_CHECKING:  # the schema pulls in pydantic and yaml: not for every `mea` start-up
+    from mea.experiments.sweep_config import SweepSpec
+
+
+def _seed_table(seed: int) -> SweepSpec:
+    from mea.experiments.sweep_config import spec_from_trials
+
+    return spec_from_trials("seed-table", study_trials(seed))
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,7 @@ PRESETS: dict[str, Preset] = {
     "seed-table": Preset(
         "the study's five runs (Adam, batch 512, constant LR, 60,000 probability queries); "
         "writes seed_table.md beside the study's numbers",
-        lambda seed: spec_from_trials("seed-table", study_trials(seed)),
+        _seed_table,
         write_seed_table,
     ),
 }

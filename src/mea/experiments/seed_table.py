@@ -44,19 +44,47 @@ def row_config(row: StudyRow, seed: int = 0) -> AttackConfig:
     return AttackConfig(queries=60_000, pool="mnist-train", output="probabilities", train=train, seed=seed)
 
 
-def markdown(rows: list[tuple[StudyRow, dict]]) -> str:
-    lines = [
-        "| Run | LR | Epochs | Clone accuracy (%) | F1 | Time (s) | Fidelity (%) "
-        "| Study accuracy (%) | Study F1 | Study time (s) | Time vs study |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+HEADER = (
+    "Run",
+    "LR",
+    "Epochs",
+    "Clone accuracy (%)",
+    "F1",
+    "Time (s)",
+    "Fidelity (%)",
+    "Study accuracy (%)",
+    "Study F1",
+    "Study time (s)",
+    "Time vs study",
+)
+
+
+def cells(rows: list[tuple[StudyRow, dict]]) -> list[list[str]]:
+    """The table's rows as formatted cells, one list per study row (columns as in HEADER)."""
+    table = []
     for row, metrics in rows:
         clone, seconds = metrics["clone"], metrics["time_s"]["train"]
-        lines.append(
-            f"| {row.run} | {row.lr:g} | {row.epochs} | {100 * clone['accuracy']:.2f} | {clone['f1']:.3f} | "
-            f"{seconds:.1f} | {100 * clone['fidelity']:.2f} | {row.accuracy:.2f} | {row.f1:.2f} | {row.time_s:.2f} | "
-            f"{seconds / row.time_s:.2f}x |"
+        table.append(
+            [
+                str(row.run),
+                f"{row.lr:g}",
+                str(row.epochs),
+                f"{100 * clone['accuracy']:.2f}",
+                f"{clone['f1']:.3f}",
+                f"{seconds:.1f}",
+                f"{100 * clone['fidelity']:.2f}",
+                f"{row.accuracy:.2f}",
+                f"{row.f1:.2f}",
+                f"{row.time_s:.2f}",
+                f"{seconds / row.time_s:.2f}x",
+            ]
         )
+    return table
+
+
+def markdown(rows: list[tuple[StudyRow, dict]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells(rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -68,7 +68,8 @@ def run_sweep(
                 "trials": [{"hash": t.hash, **t.to_dict()} for t in spec.trials],
             },
         )
-        pending = [t for t in spec.trials if t.hash not in earlier.hashes]
+        done = earlier.hashes
+        pending = [t for t in spec.trials if t.hash not in done]
         say = (lambda text: None) if quiet else (lambda text: tqdm.write(text, file=sys.stderr))
         say(
             f"{spec.name}: {len(spec.trials)} trials, {len(spec.trials) - len(pending)} already in {store.path}"

@@ -25,7 +25,6 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,7 +39,7 @@ from mea.errors import ConfigError
 from mea.experiments.attack import AttackConfig
 from mea.experiments.trial import DefenseSettings, Trial
 from mea.oracle import parse_output
-from mea.training import LabelLoss, Schedule, TrainConfig
+from mea.training import LabelLoss, Schedule, TrainConfig, parse_choice
 
 
 def _checked(check: Callable[[str], Any], normalise: Callable[[str], str] | None = None):
@@ -64,16 +63,8 @@ PolicySpec = Annotated[str, _checked(parse_policy, lambda v: parse_policy(v).spe
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
-def _member_of(enum: type[StrEnum], what: str) -> Callable[[str], None]:
-    def check(value: str) -> None:
-        if value not in {member.value for member in enum}:
-            raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(m.value for m in enum)}")
-
-    return check
-
-
-ScheduleName = Annotated[str, _checked(_member_of(Schedule, "schedule"))]
-LossName = Annotated[str, _checked(_member_of(LabelLoss, "loss"))]
+ScheduleName = Annotated[str, _checked(lambda value: parse_choice(Schedule, value, "schedule"))]
+LossName = Annotated[str, _checked(lambda value: parse_choice(LabelLoss, value, "loss"))]
 
 
 class _Schema(BaseModel):

@@ -40,7 +40,6 @@ from mea.victim import Victim
 
 MODEL_NAME = "lenet-mnist"
 _CONTENT_TYPES = ("application/json", "application/octet-stream")
-# How much a suspect client's answers are pushed towards the policy's answer (see PradaMonitor).
 
 
 @dataclass(frozen=True)

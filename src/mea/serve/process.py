@@ -52,7 +52,7 @@ def start_server(
             "-m",
             "mea",
             "--threads",
-            "1",
+            str(threads),
             "serve",
             "--victim",
             str(victim_dir),
@@ -66,6 +66,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         env=env,
     )
+    handle.close()  # the server holds its own copy of the descriptor
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
