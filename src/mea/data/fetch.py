@@ -25,6 +25,7 @@ from typing import Protocol
 from mea.data import idx
 from mea.data.catalog import DatasetSpec, IdxFile
 from mea.errors import DataError
+from mea.runs import write_atomically
 
 
 class SourceUnavailable(Exception):
@@ -177,15 +178,30 @@ def sha256(data: bytes) -> str:
 
 
 def verified_bytes(path: Path, file: IdxFile) -> bytes:
-    """The decompressed IDX bytes of path, or a DataError if they are not the expected file."""
-    data = idx.decompress(path.read_bytes(), path.name)
+    """The decompressed IDX bytes of path, or a DataError naming the file if they are not the expected file."""
+    data = idx.decompress(path.read_bytes(), str(path))
     if sha256(data) != file.sha256:
-        array = idx.parse(data, path.name)  # a clearer message when the file is merely truncated
+        array = idx.parse(data, str(path))  # a clearer message when the file is merely truncated
         raise DataError(
             f"{path} does not match the published {file.stem} (SHA-256 mismatch, shape {list(array.shape)}); "
             "delete it and fetch the data again"
         )
     return data
+
+
+def damaged_files(spec: DatasetSpec, data_dir: Path | None = None) -> dict[Path, str]:
+    """The cached files of spec that are missing or fail their SHA-256 check, each with what is wrong."""
+    root = cache_root(data_dir) / spec.name
+    damaged = {}
+    for file in spec.files:
+        path = root / file.stem
+        try:
+            verified_bytes(path, file)
+        except FileNotFoundError:
+            damaged[path] = "missing"
+        except (DataError, OSError) as exc:
+            damaged[path] = str(exc)
+    return damaged
 
 
 def _find(directory: Path, file: IdxFile) -> Path:
@@ -195,22 +211,8 @@ def _find(directory: Path, file: IdxFile) -> Path:
     raise DataError(f"{directory} has no {file.stem} or {file.stem}.gz")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is ordinary readable data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def is_cached(spec: DatasetSpec, data_dir: Path | None = None) -> bool:
+    """Whether every file of spec is in the cache (present, not verified: `damaged_files` verifies)."""
     root = cache_root(data_dir) / spec.name
     return all((root / file.stem).is_file() for file in spec.files)
 
@@ -234,7 +236,7 @@ def fetch(
                 tried.append(f"{type(source).__name__}: {exc}")
                 continue
         for stem, data in payload.items():
-            _write_atomically(target / stem, data)
+            write_atomically(target / stem, data)
         log(f"{spec.name}: verified {len(payload)} files from {type(source).__name__}, cached in {target}")
         return target
     ways = [way for source in sources_tried if (way := source.describe(spec))]

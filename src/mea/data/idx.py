@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 
@@ -55,8 +54,3 @@ def encode(array: np.ndarray) -> bytes:
         raise ValueError(f"IDX encoding supports uint8 arrays only, got {array.dtype}")
     header = bytes([0, 0, _UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + np.ascontiguousarray(array).tobytes()
-
-
-def read(path: Path) -> np.ndarray:
-    """Read one IDX file, raw or .gz."""
-    return parse(decompress(path.read_bytes(), path.name), path.name)

@@ -4,10 +4,17 @@ The defender reads the victim's features from the same forward pass that answers
 detection costs little beyond the victim's own work.  In-distribution queries get the exact answer;
 flagged ones get the policy's; the output mode is applied last, as the service would.  Whether a
 query was flagged is never part of the answer.
+
+With a watermark (`mea.ownership.watermark`: DAWN-style flips and a runner-up mark), a keyed
+fraction of each client's *unflagged* queries is answered with a keyed wrong class and the rest
+carry the keyed runner-up; a flagged query keeps the gate's policy, so the watermark never changes
+how an out-of-distribution query is answered, and the evidence only ever holds answers the victim
+would otherwise have given truthfully.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -16,6 +23,7 @@ from mea.defenses.detector import OodDetector
 from mea.defenses.policies import Policy
 from mea.errors import ConfigError
 from mea.oracle import Oracle, OracleWrapper, OutputMode, Probabilities
+from mea.ownership.watermark import Watermark
 
 
 @runtime_checkable
@@ -25,6 +33,22 @@ class InspectableOracle(Oracle, Protocol):
     def inspect(
         self, images: torch.Tensor, layers: tuple[str, ...]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class Response:
+    """One batch's answers and what the service must know about them (never sent to the client).
+
+    answers        (B, 10) in the output mode: what the client receives
+    flagged        (B,) bool: the detector flagged the query (for the audit log)
+    watermarked    (B,) bool: the answer was flipped to the watermark class (for the evidence store)
+    victim_labels  (B,) int64: the victim's own top-1 class (for the evidence store)
+    """
+
+    answers: torch.Tensor
+    flagged: torch.Tensor
+    watermarked: torch.Tensor
+    victim_labels: torch.Tensor
 
 
 class DefendedOracle(OracleWrapper):
@@ -39,6 +63,7 @@ class DefendedOracle(OracleWrapper):
         policy: Policy,
         secret: bytes,
         output: OutputMode | None = None,
+        watermark: Watermark | None = None,
     ) -> None:
         if not isinstance(oracle, InspectableOracle):
             raise ConfigError(
@@ -53,6 +78,7 @@ class DefendedOracle(OracleWrapper):
         self._policy = policy
         self._secret = secret
         self._output = output or Probabilities()
+        self.watermark = watermark
 
     @property
     def output(self) -> OutputMode:
@@ -62,18 +88,41 @@ class DefendedOracle(OracleWrapper):
         """(answers in the output mode, which rows were flagged): the flags are for the audit log only.
 
         A positive `severity_floor` sends every row through the policy with at least that severity:
-        how a service answers a client it already suspects.
+        how a service answers a client it already suspects.  No watermark here (it needs a client):
+        see `respond`.
         """
+        response = self._respond(images, None, severity_floor)
+        return response.answers, response.flagged
+
+    def respond(self, images: torch.Tensor, client: str = "", severity_floor: float = 0.0) -> Response:
+        """Answer one client's batch: flagged rows (every row when `severity_floor` > 0) through the
+        policy, a keyed fraction of the rest flipped for this client and the others runner-up
+        marked (with a watermark), the output mode last."""
+        return self._respond(images, client, severity_floor)
+
+    def _respond(self, images: torch.Tensor, client: str | None, severity_floor: float) -> Response:
         probabilities, features = self._oracle.inspect(images, self._detector.layers)
         scores = self._detector.score(features)
         flags = scores > self._detector.threshold
         treated = torch.ones_like(flags) if severity_floor > 0 else flags
+        victim_labels = probabilities.argmax(1)
         answers = probabilities
         if treated.any():
             answers = probabilities.clone()
             severity = self._detector.severity(scores[treated]).clamp_min(severity_floor)
             answers[treated] = self._policy(probabilities[treated], images[treated], severity, self._secret)
-        return self._output(answers), flags
+        watermarked = torch.zeros_like(flags)
+        if self.watermark is not None and client is not None and not treated.all():
+            untreated = (~treated).nonzero().squeeze(1)
+            answers = answers.clone() if answers is probabilities else answers
+            chosen = self.watermark.select(client, images[untreated])
+            flipped, kept = untreated[chosen], untreated[~chosen]
+            if len(flipped):
+                watermarked[flipped] = True
+                answers[flipped] = self.watermark.answer(probabilities[flipped], images[flipped], client)
+            if len(kept) and self.watermark.config.runner_up:
+                answers[kept] = self.watermark.mark(probabilities[kept], images[kept])
+        return Response(self._output(answers), flags, watermarked, victim_labels)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         return self.answer(images)[0]

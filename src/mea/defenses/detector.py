@@ -28,12 +28,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mea.config import DEFAULT_LAYERS as DEFAULT_LAYERS  # re-exported
+from mea.config import DetectorConfig
 from mea.defenses.mahalanobis import ClassGaussians, layer_features
 from mea.errors import ArtifactError, ConfigError
 from mea.models import NUM_CLASSES
 
 CONFIDENCE = "confidence"
-DEFAULT_LAYERS = ("conv1", "conv2")
 
 
 def confidence_score(logits: torch.Tensor) -> torch.Tensor:
@@ -49,23 +50,6 @@ def confidence_score(logits: torch.Tensor) -> torch.Tensor:
     others = np.exp(values - values[rows, top][:, None])
     others[rows, top] = 0.0
     return torch.from_numpy(np.log(np.maximum(np.log1p(others.sum(1)), 1e-300))).float()
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    layers: tuple[str, ...] = DEFAULT_LAYERS
-    use_confidence: bool = True
-    target_fpr: float = 0.01
-    severity_ramp: float = 4.0  # severity is 1 where the calibration FPR is target_fpr / severity_ramp
-
-    def __post_init__(self) -> None:
-        if not 0 < self.target_fpr < 1:
-            raise ConfigError(f"the target false-positive rate must lie in (0, 1), got {self.target_fpr}")
-        if not self.severity_ramp > 1:
-            raise ConfigError(f"the severity ramp must be > 1, got {self.severity_ramp}")
-        if not self.layers and not self.use_confidence:
-            raise ConfigError("the detector needs at least one layer or the confidence score")
-        object.__setattr__(self, "layers", tuple(self.layers))
 
 
 @dataclass(frozen=True)

@@ -11,28 +11,52 @@ from __future__ import annotations
 
 import torch
 
-from mea.defenses.defended_oracle import DefendedOracle
+from mea.defenses.defended_oracle import DefendedOracle, Response
 from mea.defenses.prada import REFUSED, SUSPECT, ClientState, PradaMonitor
-from mea.errors import Refused
+from mea.errors import ConfigError, Refused
 from mea.models import NUM_CLASSES
-from mea.oracle import OutputMode
+from mea.oracle import Oracle, OutputMode
 
 SUSPECT_SEVERITY = 0.5
 
 
 class ClientGate:
-    def __init__(self, defended: DefendedOracle, monitor: PradaMonitor | None = None) -> None:
-        self.defended = defended
+    """A victim's oracle (defended or not) and a per-client monitor, answering client by client."""
+
+    def __init__(self, oracle: DefendedOracle | Oracle, monitor: PradaMonitor | None = None) -> None:
+        self.oracle = oracle
         self.monitor = monitor or PradaMonitor()
+
+    @property
+    def defended(self) -> DefendedOracle:
+        if not isinstance(self.oracle, DefendedOracle):
+            raise ConfigError("this gate answers without a defense")
+        return self.oracle
 
     def refused(self, client: str) -> bool:
         return self.monitor.state(client).level >= REFUSED
 
+    def respond(self, client: str, state: ClientState, images: torch.Tensor, observe: bool = True) -> Response:
+        """Answer `client`, whose record is `state`, and add the batch to that record unless `observe`
+        is off (a batch answered before, answered again).  A defended oracle watermarks the client's
+        answers if it has a watermark.  The caller serialises one client's calls."""
+        if isinstance(self.oracle, DefendedOracle):
+            suspect = state.level >= SUSPECT
+            response = self.oracle.respond(images, client, severity_floor=SUSPECT_SEVERITY if suspect else 0.0)
+        else:
+            answers = self.oracle.query(images)
+            nothing = torch.zeros(len(images), dtype=torch.bool)
+            response = Response(answers, nothing, nothing, answers.argmax(1))
+        if observe:
+            self.monitor.update(state, images, response.answers.argmax(1), response.flagged)
+        return response
+
     def answer(self, client: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ClientState]:
-        """(answers in the defended oracle's output mode, OOD flags, the client's state after this batch)."""
-        suspect = self.monitor.state(client).level >= SUSPECT
-        answers, flags = self.defended.answer(images, severity_floor=SUSPECT_SEVERITY if suspect else 0.0)
-        return answers, flags, self.monitor.observe(client, images, answers.argmax(1), flags)
+        """(answers in the oracle's output mode, OOD flags, the client's state after this batch)."""
+        state = self.monitor.state(client)
+        with self.monitor.lock:
+            response = self.respond(client, state, images)
+        return response.answers, response.flagged, state
 
 
 class ClientOracle:
@@ -46,7 +70,7 @@ class ClientOracle:
 
     @property
     def output(self) -> OutputMode:
-        return self._gate.defended.output
+        return self._gate.oracle.output
 
     @property
     def queries_used(self) -> int:
@@ -54,7 +78,7 @@ class ClientOracle:
 
     @property
     def budget(self) -> int | None:
-        return self._gate.defended.budget
+        return self._gate.oracle.budget
 
     @property
     def state(self) -> ClientState:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.special import gammaincinv, ndtri
 
+from mea.config import POLICIES
 from mea.errors import ConfigError
 from mea.models import NUM_CLASSES
 
@@ -193,9 +194,6 @@ class TopOnePreserving:
         answers[rows, top] = answers[rows, largest]
         answers[rows, largest] = at_top
         return answers.to(probs.dtype)
-
-
-POLICIES = "gaussian[:SIGMA], dirichlet[:ALPHA], misinformation[:CONFIDENCE], top1-preserving[:ALPHA]"
 
 
 def parse_policy(text: str) -> Policy:

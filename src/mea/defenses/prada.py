@@ -23,24 +23,10 @@ import numpy as np
 import torch
 from scipy import stats
 
+from mea.config import PradaConfig as PradaConfig  # re-exported
+
 NORMAL, SUSPECT, REFUSED = 0, 1, 2
 LEVEL_NAMES = {NORMAL: "normal", SUSPECT: "suspect", REFUSED: "refused"}
-
-
-@dataclass(frozen=True)
-class PradaConfig:
-    # Shapiro-Wilk W below which a stream is flagged.  Benign streams of 1,000 images from the
-    # defender's calibration split reached W >= 0.964, streams of 3,000 MNIST test images W >= 0.927:
-    # 0.90 keeps benign clients unflagged with a margin.
-    threshold: float = 0.90
-    min_distances: int = 100
-    test_every: int = 10
-    max_per_class: int = 2000  # growing-set cap per class, bounding memory per client
-    max_distances: int = 5000  # Shapiro-Wilk is defined up to 5,000 samples: keep the latest
-    # Escalation by the client's out-of-distribution rate, once it has sent `ood_min_queries`.
-    ood_suspect_rate: float = 0.2
-    ood_refuse_rate: float = 0.5
-    ood_min_queries: int = 200
 
 
 class _GrowingSet:
@@ -82,6 +68,7 @@ class ClientState:
     sets: dict[int, _GrowingSet] = field(default_factory=dict)
     distances: list[float] = field(default_factory=list)
     queries: int = 0
+    distance_count: int = 0  # distances ever recorded (the list keeps the latest `max_distances`)
     tested_at: int = 0
     flagged_ood: int = 0
     statistic: float | None = None
@@ -98,44 +85,51 @@ class ClientState:
 
 
 class PradaMonitor:
-    """Tracks every client's stream; thread-safe."""
+    """Tracks every client's stream in memory; thread-safe.  (The service keeps the same states in
+    its database instead: `mea.serve.clients`.)"""
 
     def __init__(self, config: PradaConfig | None = None) -> None:
         self.config = config or PradaConfig()
         self._clients: dict[str, ClientState] = {}
-        self._lock = threading.Lock()
+        # Held while a client's state is read and updated (re-entrant: observe under answer).
+        self.lock = threading.RLock()
 
     def state(self, client: str) -> ClientState:
-        with self._lock:
+        with self.lock:
             return self._clients.setdefault(client, ClientState())
 
     def observe(self, client: str, images: torch.Tensor, classes: torch.Tensor, ood_flags: torch.Tensor) -> ClientState:
         """Add a batch of answered queries to the client's record and update its level."""
+        with self.lock:
+            return self.update(self._clients.setdefault(client, ClientState()), images, classes, ood_flags)
+
+    def update(
+        self, state: ClientState, images: torch.Tensor, classes: torch.Tensor, ood_flags: torch.Tensor
+    ) -> ClientState:
+        """Add a batch of answered queries to `state` (the caller serialises updates of one client)."""
         flat = images.reshape(len(images), -1).numpy().astype(np.float32)
         norms = (flat * flat).sum(1)
         labels = classes.numpy()
-        with self._lock:
-            state = self._clients.setdefault(client, ClientState())
-            state.flagged_ood += int(ood_flags.sum())
-            # Distances to what each class kept before this batch, for the whole batch at once; the
-            # queries within the batch are then compared in order, as PRADA processes a stream.
-            before = np.empty(len(flat), dtype=np.float32)
-            for label in np.unique(labels):
-                rows = np.flatnonzero(labels == label)
-                kept = state.sets.setdefault(int(label), _GrowingSet(flat.shape[1], self.config.max_per_class))
-                before[rows] = kept.min_distances(flat[rows], norms[rows])
-            added: dict[int, list[int]] = {}
-            for i, label in enumerate(labels.tolist()):
-                kept = state.sets[label]
-                squared = before[i]
-                earlier = added.setdefault(label, [])
-                if earlier:
-                    within = norms[i] + norms[earlier] - 2 * flat[earlier] @ flat[i]
-                    squared = min(squared, float(np.maximum(within, 0).min()))
-                self._observe_one(state, kept, flat[i], norms[i], squared, earlier, i)
-            self._test(state)
-            self._escalate(state)
-            return state
+        state.flagged_ood += int(ood_flags.sum())
+        # Distances to what each class kept before this batch, for the whole batch at once; the
+        # queries within the batch are then compared in order, as PRADA processes a stream.
+        before = np.empty(len(flat), dtype=np.float32)
+        for label in np.unique(labels):
+            rows = np.flatnonzero(labels == label)
+            kept = state.sets.setdefault(int(label), _GrowingSet(flat.shape[1], self.config.max_per_class))
+            before[rows] = kept.min_distances(flat[rows], norms[rows])
+        added: dict[int, list[int]] = {}
+        for i, label in enumerate(labels.tolist()):
+            kept = state.sets[label]
+            squared = before[i]
+            earlier = added.setdefault(label, [])
+            if earlier:
+                within = norms[i] + norms[earlier] - 2 * flat[earlier] @ flat[i]
+                squared = min(squared, float(np.maximum(within, 0).min()))
+            self._observe_one(state, kept, flat[i], norms[i], squared, earlier, i)
+        self._test(state)
+        self._escalate(state)
+        return state
 
     def _observe_one(
         self,
@@ -155,6 +149,7 @@ class PradaMonitor:
         else:
             distance = float(np.sqrt(squared))
             state.distances.append(distance)
+            state.distance_count += 1
             if len(state.distances) > config.max_distances:
                 del state.distances[0]
             if distance > kept.threshold and not kept.full:

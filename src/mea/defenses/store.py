@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mea import __version__
+from mea.config import DEFAULT_POLICY
 from mea.data import load
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.detector import DetectorConfig, OodDetector
 from mea.defenses.policies import Policy, parse_policy
 from mea.errors import ArtifactError
 from mea.oracle import OutputMode, VictimOracle
+from mea.ownership.config import DEFAULT_RATE, WatermarkConfig
+from mea.ownership.watermark import Watermark
 from mea.runs import command_line, read_json, run_directory, write_json
 from mea.victim import Victim
-
-DEFAULT_POLICY = "misinformation:0.9"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Defense:
     policy: Policy
     secret: bytes
     victim_fingerprint: str
+    # The served watermark (mea.ownership), keyed by a key derived from `secret`; None: none.
+    watermark: WatermarkConfig | None = None
 
     def oracle(
         self,
@@ -44,13 +47,18 @@ class Defense:
         policy: Policy | None = None,
         detector: OodDetector | None = None,
     ) -> DefendedOracle:
-        """The defended victim as an oracle (policy and detector may be overridden, e.g. for sweeps)."""
+        """The defended victim as an oracle (policy and detector may be overridden, e.g. for sweeps).
+
+        With a watermark configured, `respond(images, client)` (what the service and the per-client
+        gate call) watermarks each client's answers; `query` and `answer`, which name no client, do not.
+        """
         return DefendedOracle(
             VictimOracle(victim.model, budget=budget),
             detector or self.detector,
             policy or self.policy,
             self.secret,
             output,
+            watermark=None if self.watermark is None else Watermark(self.watermark),
         )
 
 
@@ -61,8 +69,14 @@ def fit_defense(
     policy: str = DEFAULT_POLICY,
     data_dir: Path | None = None,
     force: bool = False,
+    watermark_rate: float = DEFAULT_RATE,
 ) -> Defense:
-    """Fit the detector on the victim's training split and calibrate it on the calibration split."""
+    """Fit the detector on the victim's training split and calibrate it on the calibration split.
+
+    `watermark_rate`: the fraction of each client's answers the served victim watermarks
+    (mea.ownership.watermark; 0 for none)."""
+    if watermark_rate:
+        WatermarkConfig(b"\0" * 32, rate=watermark_rate)  # refuse a bad rate before any work
     parsed_policy = parse_policy(policy)
     splits = victim.splits
     start = time.perf_counter()
@@ -80,6 +94,7 @@ def fit_defense(
                 "victim": str(victim.directory),
                 "victim_fingerprint": victim.fingerprint,
                 "policy": parsed_policy.spec,
+                "watermark": {"rate": watermark_rate} if watermark_rate else None,
                 "detector": detector.describe(),
                 "fitted_on": splits.describe()["victim_train"],
                 "calibrated_on": splits.describe()["calibration"],
@@ -109,6 +124,13 @@ def load_defense(directory: Path, victim: Victim) -> Defense:
         secret = bytes.fromhex((directory / "secret.key").read_text().strip())
     except (FileNotFoundError, ValueError):
         raise ArtifactError(f"{directory / 'secret.key'} is missing or corrupt; fit the defense again") from None
+    # Defense directories from before the watermark have none.
+    watermark = config.get("watermark")
     return Defense(
-        directory, OodDetector.load(directory), parse_policy(config["policy"]), secret, config["victim_fingerprint"]
+        directory,
+        OodDetector.load(directory),
+        parse_policy(config["policy"]),
+        secret,
+        config["victim_fingerprint"],
+        None if not watermark else WatermarkConfig.derived(secret, rate=watermark["rate"]),
     )

@@ -7,50 +7,26 @@ sweeps skip finished trials and compare backends.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from mea import __version__, models
 from mea.attacks import extract, make_strategy
+from mea.config import AttackConfig as AttackConfig  # re-exported
 from mea.data import load, make_pool
-from mea.data.pools import check_pool_name
-from mea.errors import ConfigError
 from mea.metrics import agreement, classification_metrics
 from mea.oracle import Oracle, VictimOracle, parse_output
 from mea.plots import confusion_matrix_png
-from mea.runs import check_out, command_line, run_directory, write_json
-from mea.training import TrainConfig, predict_logits
+from mea.runs import check_out, command_line, redact_url, run_directory, write_json
+from mea.training import predict_logits
 from mea.victim import Victim
 
 # Agreement on uniform noise (Tramèr et al. 2016 measure fidelity on test data *and* on uniform
 # inputs): a fixed set of images, the same for every run.
 UNIFORM_AGREEMENT_IMAGES = 10_000
 UNIFORM_AGREEMENT_SEED = 20_160_913
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    queries: int = 60_000
-    pool: str = "mnist-train"
-    output: str = "probabilities"
-    strategy: str = "random"
-    clone_arch: str = "lenet5"
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.queries <= 0:
-            raise ConfigError(f"queries must be a positive number of images, got {self.queries}")
-        check_pool_name(self.pool)
-        object.__setattr__(self, "output", parse_output(self.output).spec)
-        make_strategy(self.strategy)
-        models.check_arch(self.clone_arch)
-
-    @property
-    def uses_true_labels(self) -> bool:
-        return self.train.true_label_weight > 0
 
 
 def uniform_agreement_images() -> torch.Tensor:
@@ -114,7 +90,7 @@ def run_attack(
     victim_metrics = classification_metrics(victim_logits, test.labels).to_dict()
     resolved = {
         **asdict(config),
-        "oracle": getattr(oracle, "url", None) or "in-process",
+        "oracle": redact_url(getattr(oracle, "url", None) or "in-process"),
         "uses_true_labels": config.uses_true_labels,
         "victim": str(victim.directory),
         "victim_fingerprint": victim.fingerprint,

@@ -1,5 +1,8 @@
 """Named sweeps: `mea sweep --preset NAME`.  Each builds its trials from a seed and may write a
-summary of its own beside the results once every trial has finished."""
+summary of its own beside the results once every trial has finished.
+
+`mea sweep --help` lists the presets, so this module imports nothing heavy: each preset's functions
+import what they need when they run."""
 
 from __future__ import annotations
 
@@ -8,16 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mea.experiments.seed_table import study_trials, write_seed_table
-
 if TYPE_CHECKING:  # the schema pulls in pydantic and yaml: not for every `mea` start-up
     from mea.experiments.sweep_config import SweepSpec
 
 
 def _seed_table(seed: int) -> SweepSpec:
+    from mea.experiments.seed_table import study_trials
     from mea.experiments.sweep_config import spec_from_trials
 
     return spec_from_trials("seed-table", study_trials(seed))
+
+
+def _write_seed_table(records: list[dict], out: Path) -> str | None:
+    from mea.experiments.seed_table import write_seed_table
+
+    return write_seed_table(records, out)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,6 @@ PRESETS: dict[str, Preset] = {
         "the study's five runs (Adam, batch 512, constant LR, 60,000 probability queries); "
         "writes seed_table.md beside the study's numbers",
         _seed_table,
-        write_seed_table,
+        _write_seed_table,
     ),
 }

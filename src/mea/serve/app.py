@@ -1,5 +1,4 @@
-"""The prediction service: the victim behind the Open Inference Protocol v2, with API keys,
-quotas, rate limits, an audit log, the query detector and per-client detection.
+"""The prediction service over HTTP: the victim behind the Open Inference Protocol v2.
 
     GET  /v2/health/live            GET /v2/health/ready
     GET  /v2                        server metadata
@@ -8,66 +7,69 @@ quotas, rate limits, an audit log, the query detector and per-client detection.
     POST /v2/models/{name}/infer    (also /v2/models/{name}/versions/1/infer)
 
 Client mistakes get a 4xx answer with {"error": "..."}; nothing a client sends produces a 5xx.
-Every inference request, refused or answered, leaves one audit row, committed before the answer.
+What a request does to the service (keys, quotas, detection, the audit log) is `mea.serve.service`;
+this module only reads requests and writes answers.  Nothing blocking runs on the event loop:
+database work, parsing and the model run in the thread pool, and a request body is read only
+after its key is known to be valid, and only up to the limit its largest legal batch needs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
+import contextlib
+import os
+import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from mea import __version__
-from mea.defenses.gate import ClientGate
-from mea.defenses.prada import REFUSED, ClientState, PradaConfig, PradaMonitor
-from mea.defenses.store import Defense
-from mea.oracle import VictimOracle, parse_output
-from mea.serve.audit import AuditLog
-from mea.serve.db import Database
-from mea.serve.keys import ApiKey, KeyStore, QuotaExceeded
-from mea.serve.protocol import INPUT_SHAPES, ProtocolError, encode_infer_response, parse_infer_request
-from mea.serve.ratelimit import RateLimiter
-from mea.victim import Victim
+from mea.config import ServeConfig
+from mea.serve import metrics
+from mea.serve.console import console_router, static_files
+from mea.serve.protocol import (
+    INPUT_SHAPES,
+    OUTPUTS,
+    ProtocolError,
+    encode_infer_response,
+    max_request_values,
+    parse_infer_request,
+)
+from mea.serve.service import IDEMPOTENCY_HEADER, Answered, Refusal, Service, body_limit_of
 
-MODEL_NAME = "lenet-mnist"
+__all__ = ["ServeConfig", "create_app"]
+
 _CONTENT_TYPES = ("application/json", "application/octet-stream")
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    db: Path
-    model_name: str = MODEL_NAME
-    output: str = "probabilities"
-    max_batch: int = 1024
-    max_body_bytes: int = 32 * 1024 * 1024
-    prada: PradaConfig = field(default_factory=PradaConfig)
+# `mea serve --workers N` starts each worker from this environment variable (a JSON document).
+CONFIG_ENVIRONMENT = "MEA_SERVE_SETTINGS"
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit` bytes (announced or, when chunked, counted)."""
+async def _read_body(request: Request, limit: int, max_values: int | None) -> bytes:
+    """The body, refused as soon as it passes `limit` bytes (announced or, when chunked, counted)
+    or, for a plain JSON body, `max_values` numbers (counted by their separators as they arrive:
+    a request cannot make the server hold more than its largest legal batch)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
-    chunks, size = [], 0
+    body, separators = bytearray(), 0
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if max_values is not None:
+            separators += chunk.count(b",")
+            if separators >= max_values:
+                raise _TooLarge
+        body += chunk
+    return bytes(body)
 
 
 def _decode(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -82,6 +84,8 @@ def _decode(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise ProtocolError(400, f"the {encoding} body is damaged ({exc})") from None
     if len(data) > limit or decompressor.unconsumed_tail:
         raise _TooLarge
+    if not decompressor.eof:
+        raise ProtocolError(400, f"the {encoding} body is truncated; send the whole compressed stream")
     return data
 
 
@@ -93,35 +97,45 @@ def _token(request: Request) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
 
-def create_app(config: ServeConfig, victim: Victim, defense: Defense | None = None) -> FastAPI:
-    parse_output(config.output)  # refuse a bad deployment output mode at start-up
-    db = Database(config.db)
-    keys, audit = KeyStore(db), AuditLog(db)
-    limiter = RateLimiter(config.max_batch)
-    monitor = PradaMonitor(config.prada)
-    # Two cores do not answer two batches faster than one: run the model one batch at a time.
-    model_lock = threading.Lock()
-    plain = VictimOracle(victim.model)
-    gate = ClientGate(defense.oracle(victim), monitor) if defense is not None else None
+def _remote(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
+    service = Service(config, victim, defense)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        yield
+        service.close()  # the last refusal counts reach the database
 
     app = FastAPI(
         title="mea prediction service",
         version=__version__,
         description="A LeNet-5 MNIST classifier behind the Open Inference Protocol v2.",
+        lifespan=lifespan,
     )
-    app.state.db = db
-
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = {404: f"no such endpoint: {request.url.path}", 405: f"{request.method} is not allowed here"}
-        return error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+        return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(400, f"invalid request: {exc.errors()[0].get('msg', 'malformed')}")
+        return _error(400, f"invalid request: {exc.errors()[0].get('msg', 'malformed')}")
+
+    app.include_router(console_router(service.db, service.keys, config.prada, _token))
+    app.mount("/console/static", static_files(), name="console-static")
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(service.db, config.prada), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/v2/health/live")
     def live() -> dict:
@@ -138,14 +152,15 @@ def create_app(config: ServeConfig, victim: Victim, defense: Defense | None = No
     def unknown_model(name: str) -> str | None:
         return None if name == config.model_name else f"unknown model {name!r}; this server has {config.model_name!r}"
 
-    def model_or_404(name: str) -> JSONResponse | None:
-        message = unknown_model(name)
-        return None if message is None else error(404, message)
+    def refused(request: Request, key_id: str | None, endpoint: str, refusal: Refusal) -> JSONResponse:
+        refusal = service.refuse(_remote(request), key_id, endpoint, refusal)
+        return _error(refusal.status, refusal.message, refusal.headers)
 
     @app.get("/v2/models/{name}")
     def model_metadata(name: str, request: Request):
-        if missing := model_or_404(name):
-            return missing
+        # A plain `def`: FastAPI runs it in the thread pool, so its database work never blocks the loop.
+        if message := unknown_model(name):
+            return refused(request, None, "metadata", Refusal(404, message))
         metadata = {
             "name": config.model_name,
             "versions": ["1"],
@@ -160,94 +175,82 @@ def create_app(config: ServeConfig, victim: Victim, defense: Defense | None = No
                 "input_datatypes": "FP32 in [0, 1] or UINT8",
                 "max_batch_size": config.max_batch,
                 "output_mode": config.output,
+                # Retries that carry this header are answered once and charged once.
+                "idempotency_header": IDEMPOTENCY_HEADER,
             },
         }
-        key = keys.authenticate(_token(request))
-        if key is not None:
+        key = service.authenticate(_token(request))
+        if key is not None and not key.admin:
             metadata["parameters"]["output_mode"] = key.output or config.output
             if key.quota is not None:
                 metadata["parameters"]["quota_remaining"] = key.remaining
+            service.metadata_seen(key)
         return metadata
 
     @app.get("/v2/models/{name}/ready")
     def model_ready(name: str):
-        return model_or_404(name) or {"name": name, "ready": True}
-
-    def answer(key: ApiKey, images: torch.Tensor) -> tuple[torch.Tensor, int, ClientState]:
-        """Answers in the key's output mode, how many images were flagged, the client's state."""
-        output = parse_output(key.output or config.output)
-        with model_lock:
-            if gate is None:
-                probabilities = plain.query(images)
-                flags = torch.zeros(len(images), dtype=torch.bool)
-                state = monitor.observe(key.id, images, probabilities.argmax(1), flags)
-            else:
-                probabilities, flags, state = gate.answer(key.id, images)
-        return output(probabilities), int(flags.sum()), state
+        if message := unknown_model(name):
+            return _error(404, message)
+        return {"name": name, "ready": True}
 
     async def infer(name: str, request: Request) -> Response:
-        key: ApiKey | None = None
-        batch, digest, flagged, state = 0, None, 0, None
-
-        def finish(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-            audit.record(key.id if key else None, batch, digest, flagged, status, message, state)
-            return error(status, message, headers)
-
+        started = time.perf_counter()
         if message := unknown_model(name):
-            return finish(404, message)
+            return refused(request, None, "infer", Refusal(404, message))
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type and content_type not in _CONTENT_TYPES:
-            return finish(415, f"Content-Type {content_type!r} is not supported; send application/json")
-        key = keys.authenticate(_token(request))
-        if key is None:
-            return finish(
-                401,
-                "missing, unknown or revoked API key; send it in the X-API-Key header",
-                {"WWW-Authenticate": "Bearer"},
+            message = (
+                f"Content-Type {content_type!r} is not supported; send application/json or application/octet-stream"
             )
-        if monitor.state(key.id).level >= REFUSED:
-            return finish(403, "this API key is suspended; contact the service operator")
+            return refused(request, None, "infer", Refusal(415, message))
+        key = await run_in_threadpool(service.authenticate, _token(request))
+        if key is None:
+            message = "missing, unknown or revoked API key; send it in the X-API-Key header"
+            return refused(request, None, "infer", Refusal(401, message, {"WWW-Authenticate": "Bearer"}))
+        if key.admin:
+            message = "an administrator's key opens the console, not inference; send an inference key"
+            return refused(request, key.id, "infer", Refusal(403, message))
+        if await run_in_threadpool(service.suspended, key.id):
+            return refused(request, key.id, "infer", Refusal(403, "this API key is suspended; contact the operator"))
+        header = request.headers.get("inference-header-content-length")
+        limit = body_limit_of(config, binary=header is not None)
         try:
-            body = await _read_body(request, config.max_body_bytes)
-            body = _decode(body, request.headers.get("content-encoding"), config.max_body_bytes)
-            header = request.headers.get("inference-header-content-length")
+            idempotency_key = Service.check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
             if header is not None and not header.isdigit():
                 raise ProtocolError(400, "Inference-Header-Content-Length must be a whole number of bytes")
-            parsed = await run_in_threadpool(
-                parse_infer_request, body, int(header) if header else None, config.max_batch
-            )
+            encoding = request.headers.get("content-encoding")
+            plain_json = header is None and encoding in (None, "", "identity")
+            max_values = max_request_values(config.max_batch) if plain_json else None
+            body = _decode(await _read_body(request, limit, max_values), encoding, limit)
         except _TooLarge:
-            return finish(413, f"the request body exceeds {config.max_body_bytes} bytes; send smaller batches")
+            message = (
+                f"the request exceeds what {config.max_batch} images need ({limit} bytes, "
+                f"{max_request_values(config.max_batch)} values); send smaller batches"
+            )
+            return refused(request, key.id, "infer", Refusal(413, message))
         except ProtocolError as exc:
-            return finish(exc.status, exc.message)
-        batch = len(parsed.images)
-        digest = hashlib.sha256(parsed.raw).hexdigest()
-        try:
-            key = keys.charge(key.id, batch)
-        except QuotaExceeded as exc:
-            return finish(
-                429,
-                f"{exc}; ask the operator for a larger quota",
-                {"Retry-After": "3600", "X-Quota-Remaining": str(exc.key.remaining)},
-            )
-        if key.rate is not None and (wait := limiter.acquire(key.id, key.rate, batch)) > 0:
-            keys.refund(key.id, batch)
-            return finish(
-                429,
-                f"rate limit of {key.rate:g} images/s exceeded; retry later",
-                {"Retry-After": RateLimiter.retry_after(wait)},
-            )
-        answers, flagged, client = await run_in_threadpool(answer, key, parsed.images)
-        state = client.describe()
-        if client.level >= REFUSED:
-            # The stream crossed the line with this very batch: it is not answered.
-            return finish(403, "this API key is suspended; contact the service operator")
-        content, headers = encode_infer_response(config.model_name, parsed, answers)
-        audit.record(key.id, batch, digest, flagged, 200, None, state)
-        if key.remaining is not None:
-            headers["X-Quota-Remaining"] = str(key.remaining)
-        media = "application/octet-stream" if "Inference-Header-Content-Length" in headers else "application/json"
-        return Response(content, media_type=media, headers=headers)
+            return refused(request, key.id, "infer", Refusal(exc.status, exc.message))
+        except ValueError as exc:
+            return refused(request, key.id, "infer", Refusal(400, str(exc)))
+        except ClientDisconnect:  # gone before sending its whole body: nobody reads this answer
+            return refused(request, key.id, "infer", Refusal(499, "the client closed the connection"))
+
+        def answer() -> Response | Refusal:
+            try:
+                parsed = parse_infer_request(body, int(header) if header else None, config.max_batch)
+            except ProtocolError as exc:
+                return Refusal(exc.status, exc.message)
+            outcome = service.infer(key, parsed, idempotency_key, started)
+            if isinstance(outcome, Refusal):
+                return outcome
+            return _answer_response(config.model_name, parsed, outcome)
+
+        outcome = await run_in_threadpool(answer)
+        if isinstance(outcome, Refusal):
+            if outcome.status >= 500:  # already audited row by row: not a refusal to count
+                return _error(outcome.status, outcome.message, outcome.headers)
+            return refused(request, key.id, "infer", outcome)
+        return outcome
 
     infer_docs = {
         "requestBody": {
@@ -281,23 +284,28 @@ def create_app(config: ServeConfig, victim: Victim, defense: Defense | None = No
                             },
                             "outputs": {
                                 "type": "array",
-                                "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+                                "items": {
+                                    "type": "object",
+                                    "properties": {"name": {"type": "string", "enum": list(OUTPUTS)}},
+                                },
                             },
                         },
                     }
                 }
             },
         },
-        "parameters": [{"name": "X-API-Key", "in": "header", "required": False, "schema": {"type": "string"}}],
+        "parameters": [
+            {"name": "X-API-Key", "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
     }
     app.add_api_route("/v2/models/{name}/infer", infer, methods=["POST"], openapi_extra=infer_docs)
 
     @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=infer_docs)
     async def infer_version(name: str, version: str, request: Request) -> Response:
         if version != "1":
-            key = keys.authenticate(_token(request))
-            audit.record(key.id if key else None, 0, None, 0, 404, f"unknown version {version!r}", None)
-            return error(404, f"unknown version {version!r} of {name!r}; this server has version 1")
+            message = f"unknown version {version!r} of {name!r}; this server has version 1"
+            return refused(request, None, "infer", Refusal(404, message))
         return await infer(name, request)
 
     def openapi() -> dict:
@@ -318,3 +326,35 @@ def create_app(config: ServeConfig, victim: Victim, defense: Defense | None = No
 
     app.openapi = openapi
     return app
+
+
+def _answer_response(model: str, parsed, outcome: Answered) -> Response:
+    content, headers = encode_infer_response(model, parsed, outcome.answers)
+    if outcome.key.remaining is not None:
+        headers["X-Quota-Remaining"] = str(outcome.key.remaining)
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    media = "application/octet-stream" if "Inference-Header-Content-Length" in headers else "application/json"
+    return Response(content, media_type=media, headers=headers)
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one `mea serve --workers N` process, configured by the parent through
+    $MEA_SERVE_SETTINGS (uvicorn starts each worker from an import string)."""
+    import json
+
+    import torch
+
+    from mea.config import PradaConfig
+    from mea.defenses.store import load_defense
+    from mea.victim import load_victim
+
+    settings = json.loads(os.environ[CONFIG_ENVIRONMENT])
+    torch.set_num_threads(settings["threads"])
+    victim = load_victim(Path(settings["victim"]))
+    defense = load_defense(Path(settings["defense"]), victim) if settings.get("defense") else None
+    config = ServeConfig(
+        **{**settings["config"], "db": Path(settings["config"]["db"])},
+        prada=PradaConfig(**settings.get("prada", {})),
+    )
+    return create_app(config, victim, defense)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,14 +39,25 @@ class Server:
 
 
 def start_server(
-    victim_dir: Path, db: Path, log: Path, *extra: str, data_dir: Path | None = None, threads: int = 1
+    victim_dir: Path,
+    db: Path,
+    log: Path,
+    *extra: str,
+    data_dir: Path | None = None,
+    threads: int = 1,
+    port: int | None = None,
+    ca: Path | None = None,
 ) -> Server:
-    """Start `mea serve` (its output goes to `log`) and return once /v2/health/ready answers."""
-    port = free_port()
+    """Start `mea serve` (its output goes to `log`) and return once /v2/health/ready answers.
+
+    `port`: a given port (to restart a server where its clients expect it) instead of a free one;
+    `ca`: the server speaks HTTPS (pass --ssl-certfile/--ssl-keyfile in `extra`) with a
+    certificate this CA bundle verifies."""
+    port = port or free_port()
     env = {**os.environ, "CI": "true"}
     if data_dir is not None:
         env["MEA_DATA_DIR"] = str(data_dir)
-    handle = log.open("w")
+    handle = log.open("a")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -67,13 +79,14 @@ def start_server(
         env=env,
     )
     handle.close()  # the server holds its own copy of the descriptor
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
+    verify = ssl.create_default_context(cafile=str(ca)) if ca else True
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited early:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1, verify=verify).status_code == 200:
                 return Server(process, url, db, log)
         except httpx.TransportError:
             time.sleep(0.2)

@@ -10,6 +10,7 @@ that says what to send instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,18 @@ import numpy as np
 import orjson
 import torch
 
+from mea.config import MODEL_NAME as MODEL_NAME  # re-exported
+
 INPUT_SHAPES = "[B, 1, 28, 28] or [B, 784]"
 PIXELS = 28 * 28
+# Body limits follow from the largest batch: a pixel takes 4 bytes in binary and at most about 24
+# characters as a JSON number with its separator (a float32 written at full float64 precision,
+# "0.0039215688593685627, "); the JSON header of a request is small.
+JSON_BYTES_PER_VALUE = 24
+HEADER_BYTES = 64 * 1024
+# A request's JSON may hold a few more values than its tensor (its shape, the outputs asked for).
+_SPARE_VALUES = 1024
+_SHAPE = re.compile(rb'"shape"\s*:\s*\[([-0-9,\s]{0,64})\]')
 _DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUTS = ("probabilities", "label")
 
@@ -43,13 +54,52 @@ def _fail(message: str, status: int = 400) -> ProtocolError:
     return ProtocolError(status, message)
 
 
-def _split(body: bytes, header_length: int | None) -> tuple[dict, bytes]:
+def body_limit(max_batch: int, binary: bool) -> int:
+    """The largest request body a server taking batches of up to `max_batch` images needs to read."""
+    return HEADER_BYTES + max_batch * PIXELS * (4 if binary else JSON_BYTES_PER_VALUE)
+
+
+def max_request_values(max_batch: int) -> int:
+    """The most numbers a JSON request may hold: its largest batch's pixels and a few more."""
+    return max_batch * PIXELS + _SPARE_VALUES
+
+
+def _check_value_count(header: bytes, max_batch: int) -> None:
+    """Refuse a JSON document holding more numbers than its tensor needs, before parsing it.
+
+    Parsing is what costs memory (a Python float per number) and holds the interpreter: the
+    tensor's declared shape (or, when it cannot be found, the largest batch) bounds how many values
+    a request may carry, and the separators bound how many it does.  A decoy "shape" elsewhere in
+    the document can only loosen the bound up to the largest batch, never past it.
+    """
+    allowed = max_batch * PIXELS
+    declared = _SHAPE.search(header)
+    if declared is not None:
+        try:
+            dims = [int(d) for d in declared.group(1).split(b",") if d.strip()]
+        except ValueError:
+            dims = []
+        if dims and all(d > 0 for d in dims):
+            allowed = min(allowed, int(np.prod(dims, dtype=np.int64)))
+    values = header.count(b",") + 1
+    if values > allowed + _SPARE_VALUES:
+        raise _fail(
+            f"the request holds about {values} values but its tensor takes at most {allowed}; "
+            f"send exactly shape[0] x 784 pixel values",
+            413 if values > max_request_values(max_batch) else 400,
+        )
+
+
+def _split(body: bytes, header_length: int | None, max_batch: int) -> tuple[dict, bytes]:
     if header_length is None:
         header, binary = body, b""
     else:
         if not 0 <= header_length <= len(body):
             raise _fail(f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes")
+        if header_length > HEADER_BYTES:
+            raise _fail(f"the JSON header of a binary request must be under {HEADER_BYTES} bytes", 413)
         header, binary = body[:header_length], body[header_length:]
+    _check_value_count(header, max_batch)
 
     try:
         # orjson: several times faster than json on long lists of floats, and strict: NaN and
@@ -63,7 +113,7 @@ def _split(body: bytes, header_length: int | None) -> tuple[dict, bytes]:
 
 
 def parse_infer_request(body: bytes, header_length: int | None, max_batch: int) -> InferRequest:
-    document, binary = _split(body, header_length)
+    document, binary = _split(body, header_length, max_batch)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise _fail('"inputs" must be a list holding exactly one tensor: {"name", "shape", "datatype", "data"}')

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,56 +21,25 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
 from mea import __version__
+from mea.config import SOURCES as SOURCES  # re-exported
+from mea.config import DetectorConfig, EvaluationConfig
 from mea.data import ImageSet, load, make_pool
-from mea.data.pools import check_pool_name
-from mea.defenses.detector import CONFIDENCE, DetectorConfig, OodDetector
+from mea.defenses.detector import CONFIDENCE, OodDetector
 from mea.defenses.gate import ClientGate
 from mea.defenses.mahalanobis import layer_features
 from mea.defenses.policies import parse_policy
 from mea.defenses.prada import REFUSED, SUSPECT
 from mea.defenses.store import Defense
-from mea.errors import ConfigError
 from mea.experiments.attack import AttackConfig, run_attack
 from mea.models import LeNet5
 from mea.oracle import VictimOracle
 from mea.plots import line_plot, roc_png
 from mea.runs import check_out, command_line, run_directory, write_json
-from mea.training import TrainConfig
 from mea.victim import Victim
 
-SOURCES = ("mnist-train", "fashion-mnist", "uniform", "gaussian")
 ACCURACY_LEVELS = (0.90, 0.95)
 # Detection is scored on at most this many queries per source (AUROC needs no more).
 DETECTION_SAMPLE = 10_000
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    queries: int = 50_000
-    sources: tuple[str, ...] = SOURCES
-    fpr_sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-    sweep_sources: tuple[str, ...] = ("fashion-mnist", "mnist-train")
-    policies: tuple[str, ...] = ("misinformation", "gaussian", "dirichlet", "top1-preserving")
-    cost_budgets: tuple[int, ...] = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
-    stream_queries: int = 5_000  # per-client detection: queries each attacker stream sends
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.queries <= 0:
-            raise ConfigError(f"queries must be positive, got {self.queries}")
-        for rate in self.fpr_sweep:
-            if not 0 < rate < 1:
-                raise ConfigError(f"every swept false-positive rate must lie in (0, 1), got {rate}")
-        for policy in self.policies:
-            parse_policy(policy)
-        for source in (*self.sources, *self.sweep_sources):
-            check_pool_name(source)
-
-    @property
-    def budgets(self) -> tuple[int, ...]:
-        """The cost ladder, capped at the evaluation's budget (which is always its last rung)."""
-        return tuple(sorted({b for b in self.cost_budgets if b < self.queries} | {self.queries}))
 
 
 def _auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:

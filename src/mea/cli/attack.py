@@ -1,0 +1,146 @@
+"""`mea attack`: steal a victim, in-process or over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mea.cli.common import (
+    console,
+    data_dir_option,
+    default_of,
+    extra_needed,
+    force_option,
+    names,
+    positive_int,
+    print_metrics,
+    quiet_option,
+    seed_option,
+    train_options,
+    use_threads,
+)
+from mea.config import ARCH_NAMES, OUTPUT_MODES, POOL_NAMES, STRATEGY_NAMES, AttackConfig, TrainConfig
+from mea.errors import MeaError
+
+
+@click.command("attack")
+@click.option(
+    "--victim",
+    "victim_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Victim directory (from `mea train-victim`): attacked in-process, or with --url only used to score the clone.",
+)
+@click.option(
+    "--url", default=None, help="Attack a served victim (`mea serve`) over HTTP instead, e.g. http://127.0.0.1:8000."
+)
+@click.option(
+    "--api-key",
+    envvar="MEA_API_KEY",
+    default=None,
+    help="The key for --url [default: $MEA_API_KEY]; never written into the run directory.",
+)
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle (PEM) to trust for an https --url whose certificate the system does not know.",
+)
+@click.option(
+    "--queries",
+    type=int,
+    default=default_of(AttackConfig, "queries"),
+    show_default=True,
+    callback=positive_int,
+    help="Query budget, in images.",
+)
+@click.option(
+    "--pool",
+    default=default_of(AttackConfig, "pool"),
+    show_default=True,
+    help=f"Attacker's query pool: {names(POOL_NAMES)}.",
+)
+@click.option(
+    "--output",
+    default=None,
+    help=f"What the oracle reveals: {OUTPUT_MODES} "
+    f"[default: {default_of(AttackConfig, 'output')}; with --url, the service decides].",
+)
+@click.option(
+    "--strategy",
+    default=default_of(AttackConfig, "strategy"),
+    show_default=True,
+    help=f"How queries are chosen: {', '.join(STRATEGY_NAMES)}.",
+)
+@click.option(
+    "--clone-arch",
+    default=default_of(AttackConfig, "clone_arch"),
+    show_default=True,
+    help=f"The clone's architecture: {names(ARCH_NAMES)}.",
+)
+@train_options
+@seed_option(default_of(AttackConfig, "seed"))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create for the run.")
+@data_dir_option
+@force_option
+@quiet_option
+def attack_command(
+    victim_dir: Path,
+    url: str | None,
+    api_key: str | None,
+    ca: Path | None,
+    queries: int,
+    pool: str,
+    output: str | None,
+    strategy: str,
+    clone_arch: str,
+    train: TrainConfig,
+    seed: int,
+    out: Path,
+    data_dir: Path | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Steal the victim: query it as a black box and train a clone on its answers."""
+    from mea.runs import check_out, check_victim_directory
+
+    # Mistakes are refused before any work and before torch is imported (seconds on a busy machine).
+    check_out(out, force)
+    check_victim_directory(victim_dir)
+    if ca is not None and url is None:
+        raise MeaError("--ca only applies to --url; drop it or name the served victim with --url")
+    if url is not None and not api_key:
+        raise MeaError("--url needs an API key: pass --api-key KEY or set MEA_API_KEY (`mea keys create`)")
+    use_threads()
+    from mea.experiments.attack import run_attack
+    from mea.oracle import parse_output
+    from mea.victim import load_victim
+
+    oracle = None
+    if url is not None:
+        with extra_needed("serve", "mea attack --url"):
+            from mea.serve.client import HttpOracle
+
+        oracle = HttpOracle(url, api_key, verify=str(ca) if ca is not None else True)
+        if output is not None and parse_output(output) != oracle.output:
+            raise MeaError(f"the service answers in {oracle.output.spec}, not {output}; drop --output with --url")
+        output = oracle.output.spec
+    config = AttackConfig(
+        queries=queries,
+        pool=pool,
+        output=output or default_of(AttackConfig, "output"),
+        strategy=strategy,
+        clone_arch=clone_arch,
+        train=train,
+        seed=seed,
+    )
+    victim = load_victim(victim_dir)
+    metrics = run_attack(config, victim, data_dir, oracle=oracle, out=out, force=force, progress=not quiet)
+    print_metrics(metrics, metrics["time_s"], metrics["queries"])
+    if metrics["refused_after"] is not None:
+        console().print(
+            f"[yellow]the service refused further queries after {metrics['refused_after']:,}; "
+            "the clone learned from the answers it got before that[/yellow]"
+        )
+    console().print(f"run written to [bold]{out}[/bold]")

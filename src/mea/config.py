@@ -1,0 +1,303 @@
+"""Configuration records of every component, and the names the command line offers.
+
+Nothing here imports torch, numpy, scikit-learn or any other heavy library: `mea --help` reads its
+defaults from these dataclasses, and a command line that answers `--help` in a fraction of a second
+cannot import torch to do it.  Validation that needs a heavy module (an output mode, a strategy, a
+pool, a policy) imports it inside `__post_init__`, which only runs when a command builds a config.
+The modules that use each record re-export it (`mea.training.TrainConfig`, `mea.victim.VictimConfig`,
+`mea.experiments.attack.AttackConfig`, ...); import it from either place.
+
+The name tuples below are what `--help` lists; the registries that build the named things
+(`mea.models.ARCHITECTURES`, `mea.attacks.STRATEGIES`, `mea.data.POOLS`,
+`mea.experiments.backends.BACKENDS`) hold the same names, which the test suite checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from mea.data.catalog import MNIST
+from mea.errors import ConfigError
+
+ARCH_NAMES = ("lenet5", "small-cnn", "mlp")
+POOL_NAMES = ("mnist-train", "fashion-mnist", "uniform", "gaussian")
+STRATEGY_NAMES = (
+    "random",
+    "jbda",
+    "jbda-tr",
+    "active",
+    "active-margin",
+    "active-entropy",
+    "active-kcenter",
+    "knockoff-adaptive",
+    "boundary",
+)
+BACKEND_NAMES = ("local", "ray")
+# The victim's layers the detector can read (LeNet5.feature_names).
+LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "logits")
+OUTPUT_MODES = "probabilities, top-k[:K], label, rounded[:DECIMALS]"
+POLICIES = "gaussian[:SIGMA], dirichlet[:ALPHA], misinformation[:CONFIDENCE], top1-preserving[:ALPHA]"
+DEFAULT_POLICY = "misinformation:0.9"
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+class Schedule(StrEnum):
+    CONSTANT = "constant"  # the study's setting
+    ONE_CYCLE = "one-cycle"  # Smith & Topin 2017, "Super-convergence"
+
+
+class LabelLoss(StrEnum):
+    SOFT = "soft"  # cross-entropy against the (tempered) answers
+    HARD = "hard"  # cross-entropy against the answers' top-1 class
+
+
+def parse_choice(enum: type[StrEnum], value: str, what: str):
+    """`value` as a member of `enum`, or a ConfigError naming the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(e.value for e in enum)}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one model.  The defaults are the clone's; `VICTIM_TRAINING` is the victim's."""
+
+    epochs: int = 3
+    lr: float = 3e-2  # the peak rate under one-cycle, the rate itself under constant
+    batch_size: int = 256
+    schedule: Schedule = Schedule.ONE_CYCLE
+    loss: LabelLoss = LabelLoss.SOFT
+    temperature: float = 4.0
+    true_label_weight: float = 0.0  # alpha: weight of the pool's own true labels, 0 = not used
+    shift: int = 0  # augmentation: random translations of up to this many pixels, 0 = off
+    # Small transfer sets get more epochs, up to this many optimiser steps in all: three epochs of
+    # 1,000 queries are 12 steps, far too few to fit anything.  0 = exactly `epochs` epochs.
+    min_steps: int = 500
+    # Semi-supervised clones (mea.attacks.pseudo_labels): rounds of self-training on the attacker's
+    # unqueried pool, each of this many epochs.  0 rounds = the answers alone.
+    pseudo_label_rounds: int = 0
+    pseudo_label_epochs: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be positive, got {self.lr}; e.g. --lr 0.001")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.true_label_weight <= 1.0:
+            raise ConfigError(f"true-label weight must lie in [0, 1], got {self.true_label_weight}")
+        if self.min_steps < 0:
+            raise ConfigError(f"min-steps must be >= 0, got {self.min_steps}")
+        if self.pseudo_label_rounds < 0 or self.pseudo_label_epochs <= 0:
+            raise ConfigError(
+                "pseudo-label rounds must be >= 0 and pseudo-label epochs positive, got "
+                f"{self.pseudo_label_rounds} and {self.pseudo_label_epochs}"
+            )
+        if not 0 <= self.shift <= 8:
+            raise ConfigError(f"shift must lie in [0, 8] pixels, got {self.shift}")
+        object.__setattr__(self, "schedule", parse_choice(Schedule, self.schedule, "schedule"))
+        object.__setattr__(self, "loss", parse_choice(LabelLoss, self.loss, "loss"))
+
+
+VICTIM_TRAINING = TrainConfig(epochs=15, lr=3e-3, batch_size=128, loss=LabelLoss.HARD, temperature=1.0, shift=2)
+
+
+# --- the victim -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MnistSplits:
+    """Which MNIST images serve whom.
+
+    The victim trains on MNIST train minus a calibration split held out for the defender (by
+    default the last 5,000 images); every evaluation uses MNIST test, which no attacker pool holds.
+    """
+
+    calibration_size: int = 5000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.calibration_size < MNIST.train_images.shape[0]:
+            raise ConfigError(
+                f"calibration split size must be between 1 and {MNIST.train_images.shape[0] - 1}, "
+                f"got {self.calibration_size}"
+            )
+
+    @property
+    def victim_train(self) -> slice:
+        return slice(0, MNIST.train_images.shape[0] - self.calibration_size)
+
+    @property
+    def calibration(self) -> slice:
+        return slice(MNIST.train_images.shape[0] - self.calibration_size, MNIST.train_images.shape[0])
+
+    def describe(self) -> dict:
+        return {
+            **asdict(self),
+            "victim_train": f"mnist train[{self.victim_train.start}:{self.victim_train.stop}]",
+            "calibration": f"mnist train[{self.calibration.start}:{self.calibration.stop}]",
+            "evaluation": "mnist test[0:10000]",
+        }
+
+
+@dataclass(frozen=True)
+class VictimConfig:
+    arch: str = "lenet5"
+    train: TrainConfig = VICTIM_TRAINING
+    splits: MnistSplits = field(default_factory=MnistSplits)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from mea import models
+
+        models.check_arch(self.arch)
+
+
+# --- the attack -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    queries: int = 60_000
+    pool: str = "mnist-train"
+    output: str = "probabilities"
+    strategy: str = "random"
+    clone_arch: str = "lenet5"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from mea import models
+        from mea.attacks import make_strategy
+        from mea.data.pools import check_pool_name
+        from mea.oracle import parse_output
+
+        if self.queries <= 0:
+            raise ConfigError(f"queries must be a positive number of images, got {self.queries}")
+        check_pool_name(self.pool)
+        object.__setattr__(self, "output", parse_output(self.output).spec)
+        make_strategy(self.strategy)
+        models.check_arch(self.clone_arch)
+
+    @property
+    def uses_true_labels(self) -> bool:
+        return self.train.true_label_weight > 0
+
+
+# --- the defense ----------------------------------------------------------------------------
+
+DEFAULT_LAYERS = ("conv1", "conv2")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    use_confidence: bool = True
+    target_fpr: float = 0.01
+    severity_ramp: float = 4.0  # severity is 1 where the calibration FPR is target_fpr / severity_ramp
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_fpr < 1:
+            raise ConfigError(f"the target false-positive rate must lie in (0, 1), got {self.target_fpr}")
+        if not self.severity_ramp > 1:
+            raise ConfigError(f"the severity ramp must be > 1, got {self.severity_ramp}")
+        if not self.layers and not self.use_confidence:
+            raise ConfigError("the detector needs at least one layer or the confidence score")
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+
+SOURCES = POOL_NAMES
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What `mea defend eval` measures (mea.experiments.evaluation)."""
+
+    queries: int = 50_000
+    sources: tuple[str, ...] = SOURCES
+    fpr_sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+    sweep_sources: tuple[str, ...] = ("fashion-mnist", "mnist-train")
+    policies: tuple[str, ...] = ("misinformation", "gaussian", "dirichlet", "top1-preserving")
+    cost_budgets: tuple[int, ...] = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
+    stream_queries: int = 5_000  # per-client detection: queries each attacker stream sends
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from mea.data.pools import check_pool_name
+        from mea.defenses.policies import parse_policy
+
+        if self.queries <= 0:
+            raise ConfigError(f"queries must be positive, got {self.queries}")
+        for rate in self.fpr_sweep:
+            if not 0 < rate < 1:
+                raise ConfigError(f"every swept false-positive rate must lie in (0, 1), got {rate}")
+        for policy in self.policies:
+            parse_policy(policy)
+        for source in (*self.sources, *self.sweep_sources):
+            check_pool_name(source)
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        """The cost ladder, capped at the evaluation's budget (which is always its last rung)."""
+        return tuple(sorted({b for b in self.cost_budgets if b < self.queries} | {self.queries}))
+
+
+# --- the service ----------------------------------------------------------------------------
+
+MODEL_NAME = "lenet-mnist"
+
+
+@dataclass(frozen=True)
+class PradaConfig:
+    """Per-client stream detection (mea.defenses.prada) and the service's escalation."""
+
+    # Shapiro-Wilk W below which a stream is flagged.  Benign streams of 1,000 images from the
+    # defender's calibration split reached W >= 0.964, streams of 3,000 MNIST test images W >= 0.927:
+    # 0.90 keeps benign clients unflagged with a margin.
+    threshold: float = 0.90
+    min_distances: int = 100
+    test_every: int = 10
+    max_per_class: int = 2000  # growing-set cap per class, bounding memory per client
+    max_distances: int = 5000  # Shapiro-Wilk is defined up to 5,000 samples: keep the latest
+    # Escalation by the client's out-of-distribution rate, once it has sent `ood_min_queries`.
+    ood_suspect_rate: float = 0.2
+    ood_refuse_rate: float = 0.5
+    ood_min_queries: int = 200
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`mea serve` (mea.serve.service)."""
+
+    db: Path
+    model_name: str = MODEL_NAME
+    output: str = "probabilities"
+    max_batch: int = 1024
+    # The request body limit; by default derived from max_batch (mea.serve.protocol.body_limit).
+    max_body_bytes: int | None = None
+    prada: PradaConfig = field(default_factory=PradaConfig)
+    # Several server processes answer from the same database (`mea serve --workers N`).
+    shared_db: bool = False
+    # Refused requests per remote address: a burst, then this many per second; past that they are
+    # answered 429 whatever they were refused for (valid requests from the address are unaffected).
+    refusals_burst: int = 100
+    refusals_per_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        from mea.oracle import parse_output
+
+        if self.max_batch <= 0:
+            raise ConfigError(f"max_batch must be a positive number of images, got {self.max_batch}")
+        if self.max_body_bytes is not None and self.max_body_bytes <= 0:
+            raise ConfigError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+        if self.refusals_burst <= 0 or not self.refusals_per_s > 0:
+            raise ConfigError("the refusal allowance (burst and rate) must be positive")
+        parse_output(self.output)  # refuse a bad deployment output mode at start-up

@@ -1,0 +1,238 @@
+"""What the prediction service does with a request, apart from HTTP: authenticate, admit, answer,
+remember, audit.
+
+An inference request is answered in one database transaction under the service's write lock
+(`mea.serve.db`): the client's detector state is brought up to date, the quota and rate limit are
+checked, the victim answers (through the defense, at the severity the client's state calls for),
+the client's state is updated, and the quota charge, the new state and the audit row commit
+together before the answer leaves.  A request that fails anywhere (a model error included) rolls
+back whole: nothing is charged for an answer that was never given.  The lock also runs the model
+one batch at a time, which is what two cores do best anyway.
+
+A request may carry an idempotency key.  A retry of an answered request with the same key and the
+same images is answered again (the same keyed answer: nothing is learned by retrying) without
+being charged or observed twice; the key is remembered for `IDEMPOTENCY_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mea.config import ServeConfig
+from mea.defenses.gate import ClientGate
+from mea.defenses.prada import REFUSED, PradaMonitor
+from mea.defenses.store import Defense
+from mea.oracle import VictimOracle, parse_output
+from mea.ownership.evidence import EvidenceStore
+from mea.serve import audit, metrics
+from mea.serve.clients import ClientRecords
+from mea.serve.db import Database
+from mea.serve.keys import ApiKey, KeyRevoked, KeyStore, QuotaExceeded, RateLimited
+from mea.serve.protocol import PIXELS, InferRequest, body_limit
+from mea.serve.ratelimit import TokenBuckets
+from mea.victim import Victim
+
+logger = logging.getLogger("mea.serve")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_TTL_S = 600.0
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+SUSPENDED = "this API key is suspended; contact the service operator"
+
+
+def _since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def body_limit_of(config: ServeConfig, binary: bool) -> int:
+    """The request body limit: derived from the largest batch, or the configured one if smaller."""
+    derived = body_limit(config.max_batch, binary)
+    return derived if config.max_body_bytes is None else min(derived, config.max_body_bytes)
+
+
+@dataclass(frozen=True)
+class Answered:
+    answers: torch.Tensor  # in the key's output mode
+    key: ApiKey
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Service:
+    def __init__(self, config: ServeConfig, victim: Victim, defense: Defense | None = None) -> None:
+        self.config = config
+        self.db = Database(config.db, shared=config.shared_db)
+        self.keys = KeyStore(self.db)
+        self.rejected = audit.RejectCounter(self.db)
+        self.refusals = TokenBuckets(config.refusals_per_s, config.refusals_burst)
+        self.monitor = PradaMonitor(config.prada)
+        self.clients = ClientRecords(config.prada, PIXELS)
+        oracle = defense.oracle(victim) if defense is not None else VictimOracle(victim.model)
+        self.gate = ClientGate(oracle, self.monitor)
+        self.evidence = None
+        if defense is not None and defense.watermark is not None:
+            with self.db.write() as connection:
+                self.evidence = EvidenceStore(connection, defense.watermark.commitment)
+
+    # --- authentication -------------------------------------------------------------------------
+
+    def authenticate(self, token: str | None) -> ApiKey | None:
+        return self.keys.authenticate(token)
+
+    def suspended(self, key_id: str) -> bool:
+        row = self.db.read().execute("SELECT level FROM client_state WHERE key_id = ?", (key_id,)).fetchone()
+        return row is not None and row[0] >= REFUSED
+
+    def refuse(self, remote: str, key_id: str | None, endpoint: str, refusal: Refusal) -> Refusal:
+        """Count a refusal; past the remote address's allowance it becomes a 429."""
+        wait = self.refusals.acquire(remote, 1.0)
+        if wait > 0:
+            refusal = Refusal(
+                429,
+                f"too many refused requests from {remote}; retry in {TokenBuckets.retry_after(wait)} s "
+                f"(the last was refused with: {refusal.message})",
+                {"Retry-After": TokenBuckets.retry_after(wait)},
+            )
+        self.rejected.add(remote, key_id, endpoint, refusal.status)
+        return refusal
+
+    @staticmethod
+    def check_idempotency_key(value: str | None) -> str | None:
+        if value is not None and not _IDEMPOTENCY_KEY.match(value):
+            raise ValueError(
+                f"{IDEMPOTENCY_HEADER} must be 1-128 characters of letters, digits and _.:- (a UUID will do)"
+            )
+        return value
+
+    # --- answering ------------------------------------------------------------------------------
+
+    def infer(
+        self, key: ApiKey, request: InferRequest, idempotency_key: str | None, started: float | None = None
+    ) -> Answered | Refusal:
+        """Answer one authenticated, parsed request, or say why not; see the module docstring.
+        `started`: when the request arrived (time.perf_counter), for the audit row's latency."""
+        started = time.perf_counter() if started is None else started
+        images, batch = request.images, len(request.images)
+        digest = hashlib.sha256(request.raw).hexdigest()
+        output = parse_output(key.output or self.config.output)
+        now = time.time()
+        try:
+            with self.db.write() as connection:
+                state = self.clients.load(connection, key.id)
+                if state.level >= REFUSED:
+                    return Refusal(403, SUSPENDED)
+                if idempotency_key is not None:
+                    earlier = connection.execute(
+                        "SELECT digest FROM idempotency WHERE key_id = ? AND token = ?", (key.id, idempotency_key)
+                    ).fetchone()
+                    if earlier is not None:
+                        if earlier[0] != digest:
+                            return Refusal(
+                                422,
+                                f"{IDEMPOTENCY_HEADER} {idempotency_key!r} was used for a different request; "
+                                "send a new key with every new request",
+                            )
+                        # The same keyed answers (watermark included) as the first time; its evidence
+                        # was recorded then.
+                        response = self.gate.respond(key.id, state, images, observe=False)
+                        answers, flags = response.answers, response.flagged
+                        audit.record(
+                            connection,
+                            key.id,
+                            batch,
+                            digest,
+                            int(flags.sum()),
+                            state,
+                            idempotency_key=idempotency_key,
+                            error="replay: answered before, not charged again",
+                            latency_ms=_since(started),
+                        )
+                        metrics.count_answer(connection, batch, int(flags.sum()), _since(started) / 1000, replay=True)
+                        return Answered(output(answers), key, replayed=True)
+                admitted = KeyStore.admit(connection, key.id, batch, self.config.max_batch, now)
+                response = self.gate.respond(key.id, state, images)
+                answers, flags = response.answers, response.flagged
+                self.clients.save(connection, key.id, state)
+                if state.level >= REFUSED:
+                    # The stream crossed the line with this very batch: it is not answered nor charged,
+                    # and what the detector learned from it is kept.
+                    return Refusal(403, SUSPENDED)
+                key = KeyStore.charge(connection, admitted, batch, now)
+                audit_id = audit.record(
+                    connection,
+                    key.id,
+                    batch,
+                    digest,
+                    int(flags.sum()),
+                    state,
+                    idempotency_key=idempotency_key,
+                    latency_ms=_since(started),
+                )
+                metrics.count_answer(connection, batch, int(flags.sum()), _since(started) / 1000, replay=False)
+                if self.evidence is not None and response.watermarked.any():
+                    # Evidence of the watermarked answers, bound to this audit row, whose copy of the
+                    # chain's head then shows the evidence existed by this time.
+                    head = self.evidence.record(key.id, images, response, audit_id)
+                    connection.execute("UPDATE audit SET evidence_head = ? WHERE id = ?", (head, audit_id))
+                if idempotency_key is not None:
+                    connection.execute(
+                        "INSERT INTO idempotency (key_id, token, digest, batch, created) VALUES (?, ?, ?, ?, ?)",
+                        (key.id, idempotency_key, digest, batch, now),
+                    )
+                    self._expire_idempotency_keys(connection, now)
+        except QuotaExceeded as exc:
+            return Refusal(
+                429,
+                f"{exc}; ask the operator for a larger quota",
+                {"Retry-After": "3600", "X-Quota-Remaining": str(exc.key.remaining)},
+            )
+        except RateLimited as exc:
+            return Refusal(429, f"{exc}", {"Retry-After": exc.retry_after})
+        except KeyRevoked:
+            return Refusal(401, "this API key was revoked", {"WWW-Authenticate": "Bearer"})
+        except Exception:
+            # Not the client's doing: log it, record it, charge nothing (the transaction rolled back).
+            self.clients.forget(key.id)
+            logger.exception("inference failed for key %s (batch of %d)", key.id, batch)
+            with self.db.write() as connection:
+                audit.record(
+                    connection,
+                    key.id,
+                    batch,
+                    digest,
+                    0,
+                    None,
+                    status=500,
+                    error="the model failed; not charged",
+                    latency_ms=_since(started),
+                )
+                metrics.count(connection, "requests", label="500")
+            return Refusal(500, "the model failed on this request; it was not charged; retry or tell the operator")
+        return Answered(output(answers), key)
+
+    def metadata_seen(self, key: ApiKey) -> None:
+        """A keyed metadata request is part of a client's record: one audit row."""
+        with self.db.write() as connection:
+            audit.record(connection, key.id, 0, None, 0, None, endpoint="metadata")
+
+    def _expire_idempotency_keys(self, connection, now: float) -> None:
+        # Cheap enough per request: the index on `created` finds the few expired rows.
+        connection.execute("DELETE FROM idempotency WHERE created < ?", (now - IDEMPOTENCY_TTL_S,))
+
+    def start(self) -> None:
+        self.rejected.start()
+
+    def close(self) -> None:
+        self.rejected.stop()
