@@ -6,20 +6,26 @@ Attackers: random Fashion-MNIST queries, plainly and with repeat averaging or ji
 targeted JBDA (label-only, 150 seeds), plainly and hidden in cover traffic of natural images; and
 the in-distribution attacker (random `mnist-train`), which no OOD defense is meant to stop.
 
-    python -m benchmarks.adaptive_attackers --victim DIR --defense DIR
+Every scenario runs once per draw d: attacker seed d and, for the defended columns, the noise key
+of draw d of `benchmarks.defense_keys` (the fitted detector of --defense, another key), so that a
+figure is never one key's luck; the summary gives the mean and the sample standard deviation.
+
+    python -m benchmarks.adaptive_attackers --victim DIR --defense DIR [--draws 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
+from benchmarks.defense_keys import draw_key, spread
+from benchmarks.provenance import RESULTS, Provenance
 from mea.attacks import extract, make_strategy
 from mea.attacks.adaptive import CoverTraffic, JitterConsensus, RepeatAveraging
 from mea.data import load, make_pool
@@ -44,12 +50,45 @@ def main() -> None:
     parser.add_argument("--victim", type=Path, required=True)
     parser.add_argument("--defense", type=Path, required=True)
     parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/adaptive_attackers.json"))
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--out", type=Path, default=RESULTS / "adaptive_attackers.json")
     args = parser.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
+    provenance = Provenance()
     victim = load_victim(args.victim)
-    defense = load_defense(args.defense, victim)
+    fitted = load_defense(args.defense, victim)
+    rows = []
+    for draw in range(args.draws):
+        defense = dataclasses.replace(fitted, secret=draw_key(draw))
+        rows += run_draw(victim, defense, args.queries, seed=draw)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["attacker"], row["defender"]), []).append(row)
+    summary = []
+    for (attacker, defender), group in groups.items():
+        entry: dict = {"attacker": attacker, "defender": defender, "budget": group[0]["budget"], "draws": len(group)}
+        for key in ("clone_accuracy", "fidelity", "answers_kept", "queries_spent"):
+            entry[key] = spread([float(row[key]) for row in group])
+        refusals = [row["refused_after"] for row in group]
+        entry["refused_after"] = refusals
+        entry["prada_flagged_at"] = [(row["client"] or {}).get("prada_flagged_at") for row in group]
+        summary.append(entry)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "provenance": provenance.record(),
+        "victim_fingerprint": victim.fingerprint,
+        "draws_rule": "draw d: noise key SHA-256('mea-benchmark-key/d'), attacker seed d",
+        "sd": "sample standard deviation (n - 1) over the draws",
+        "rows": rows,
+        "summary": summary,
+    }
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"written to {args.out}")
+
+
+def run_draw(victim, defense, queries: int, seed: int) -> list[dict]:
+    """Every scenario against every defender it applies to, with this draw's key and seed."""
     test = load("mnist", "test")
     victim_logits = predict_logits(victim.model, test.images)
     pools = {name: make_pool(name) for name in ("fashion-mnist", "mnist-train")}
@@ -72,13 +111,13 @@ def main() -> None:
     }
     scenarios = [
         # (attacker, pool, strategy factory, output, budget, oracle wrapper, defenders)
-        ("random fashion-mnist", "fashion-mnist", "random", probabilities, args.queries, None, defenders),
+        ("random fashion-mnist", "fashion-mnist", "random", probabilities, queries, None, defenders),
         (
             "random fashion-mnist + repeat averaging x4",
             "fashion-mnist",
             "random",
             probabilities,
-            args.queries,
+            queries,
             lambda o: RepeatAveraging(o, 4),
             ("none", "defended oracle"),
         ),
@@ -87,8 +126,8 @@ def main() -> None:
             "fashion-mnist",
             "random",
             probabilities,
-            args.queries,
-            lambda o: JitterConsensus(o, 3, seed=args.seed),
+            queries,
+            lambda o: JitterConsensus(o, 3, seed=seed),
             ("none", "defended oracle"),
         ),
         ("jbda-tr, label-only, 150 seeds", "mnist-train", "jbda-tr", label, jbda_budget, None, defenders),
@@ -101,7 +140,7 @@ def main() -> None:
             None,
             ("none", "service gate"),
         ),
-        ("random mnist-train (in-distribution)", "mnist-train", "random", probabilities, args.queries, None, defenders),
+        ("random mnist-train (in-distribution)", "mnist-train", "random", probabilities, queries, None, defenders),
     ]
     rows = []
     for attacker, pool_name, strategy_name, output, budget, wrap, which in scenarios:
@@ -115,13 +154,14 @@ def main() -> None:
                 else make_strategy(strategy_name)
             )
             train = LABEL_TRAIN if output == label else TRAIN
-            result = extract(oracle, pools[pool_name], strategy, budget, train=train, seed=args.seed, progress=False)
+            result = extract(oracle, pools[pool_name], strategy, budget, train=train, seed=seed, progress=False)
             clone_logits = predict_logits(result.clone, test.images)
             monitor_state = None
             if isinstance(oracle, ClientOracle):
                 state = oracle.state
                 monitor_state = {"prada_flagged_at": state.prada_flagged_at, "ood_rate": state.ood_rate}
             row = {
+                "draw": seed,
                 "attacker": attacker,
                 "defender": defender,
                 "budget": budget,
@@ -135,14 +175,11 @@ def main() -> None:
             rows.append(row)
             refused = f", refused after {row['refused_after']}" if row["refused_after"] is not None else ""
             print(
-                f"{attacker:44s} vs {defender:15s}: clone accuracy {row['clone_accuracy']:.2%}, "
+                f"draw {seed}: {attacker:44s} vs {defender:15s}: clone accuracy {row['clone_accuracy']:.2%}, "
                 f"{row['answers_kept']} answers kept of {row['queries_spent']} queries{refused}",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "seed": args.seed, "rows": rows}
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"written to {args.out}")
+    return rows
 
 
 if __name__ == "__main__":

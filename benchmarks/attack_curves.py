@@ -4,9 +4,12 @@ Every curve uses the attacker's `mnist-train` pool and no true labels, with the 
 training (shifts of 2 px, two rounds of self-training on the unqueried pool).  Beside them, the
 reference an attacker gets for free: the same training on as many *public labelled* images, with
 zero queries, so that the value of stealing is visible.  Finished trials are appended to a JSONL
-file and skipped on a rerun, so an interrupted run resumes.
+file (with the victim's fingerprint) and skipped on a rerun against the same victim, so an
+interrupted run resumes.  Seed s of a defended curve uses the noise key of draw s of
+`benchmarks.defense_keys`, so that its spread covers the key as well as the attacker's seed.
+Spreads are sample standard deviations (n - 1) over the seeds.
 
-    python -m benchmarks.attack_curves --victim DIR [--defense DIR] [--seeds 2] [--quick]
+    python -m benchmarks.attack_curves --victim DIR [--defense DIR] [--seeds 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.defense_keys import draw_key
+from benchmarks.provenance import RESULTS, Provenance
 from mea import models
 from mea.attacks.pseudo_labels import self_train
 from mea.data import load, make_pool
@@ -37,8 +41,9 @@ from mea.seeding import derive_seed, generator
 from mea.training import LabelLoss, TrainConfig, fit, predict_logits
 from mea.victim import load_victim
 
-BUDGETS = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000)
-JBDA_BUDGETS = (600, 1_200, 2_400, 4_800, 9_600)  # 150 seeds doubled 2..6 times (Papernot et al.)
+BUDGETS = (250, 1_000, 5_000)
+DEFENDED_BUDGETS = (1_000, 5_000)
+JBDA_BUDGETS = (2_400, 9_600)  # 150 seeds doubled 4 and 6 times (Papernot et al. 2017)
 RECIPE = TrainConfig(shift=2, pseudo_label_rounds=2)
 
 
@@ -64,19 +69,18 @@ class Trial:
         return train
 
 
-def trials(seeds: int, quick: bool, defended: bool) -> list[Trial]:
-    budgets = (250, 1_000, 5_000) if quick else BUDGETS
+def trials(seeds: int, defended: bool) -> list[Trial]:
     out = []
     for seed in range(seeds):
-        for budget in budgets:
+        for budget in BUDGETS:
             out.append(Trial("public labels, no queries", "public-labels", "label", budget, seed))
             for output in ("probabilities", "label"):
                 out.append(Trial(f"random, {output}", "random", output, budget, seed))
                 if budget <= 10_000:
                     out.append(Trial(f"active, {output}", "active", output, budget, seed))
-            if defended and budget in (1_000, 5_000):
+            if defended and budget in DEFENDED_BUDGETS:
                 out.append(Trial("random, probabilities, defended", "random", "probabilities", budget, seed, True))
-        for budget in (600, 2_400) if quick else JBDA_BUDGETS:
+        for budget in JBDA_BUDGETS:
             for name in ("jbda", "jbda-tr"):
                 # JBDA as Papernot et al. ran it: label-only, no unlabelled pool beyond its 150 seeds.
                 out.append(Trial(f"{name}, label", name, "label", budget, seed, self_training=False))
@@ -124,7 +128,11 @@ def run_trial(trial: Trial, victim, defense, data_dir, test) -> dict:
     config = AttackConfig(
         queries=trial.budget, strategy=trial.strategy, output=trial.output, train=trial.train, seed=trial.seed
     )
-    oracle = defense.oracle(victim, parse_output(trial.output), budget=trial.budget) if trial.defended else None
+    if trial.defended:  # seed s meets the noise key of draw s (benchmarks.defense_keys)
+        keyed = dataclasses.replace(defense, secret=draw_key(trial.seed))
+        oracle = keyed.oracle(victim, parse_output(trial.output), budget=trial.budget)
+    else:
+        oracle = None
     metrics = run_attack(config, victim, data_dir, oracle=oracle, progress=False)
     return {
         "fidelity": metrics["clone"]["fidelity"],
@@ -134,8 +142,9 @@ def run_trial(trial: Trial, victim, defense, data_dir, test) -> dict:
     }
 
 
-def read_log(log: Path) -> dict[str, dict]:
-    """Finished trials by key; a torn last line (an interrupted write) is ignored."""
+def read_log(log: Path, fingerprint: str) -> dict[str, dict]:
+    """Finished trials against this victim by key; a torn last line (an interrupted write) and
+    trials against another victim are ignored."""
     done = {}
     if log.exists():
         for line in log.read_text().splitlines():
@@ -143,7 +152,8 @@ def read_log(log: Path) -> dict[str, dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[row["key"]] = row
+            if row.get("victim_fingerprint") == fingerprint:
+                done[row["key"]] = row
     return done
 
 
@@ -161,10 +171,10 @@ def summarise(rows: list[dict]) -> list[dict]:
                 "budget": budget,
                 "seeds": len(group),
                 "fidelity_mean": statistics.mean(fid),
-                "fidelity_std": statistics.pstdev(fid),
+                "fidelity_std": statistics.stdev(fid) if len(fid) > 1 else None,
                 "fidelity_min": min(fid),
                 "accuracy_mean": statistics.mean(acc),
-                "accuracy_std": statistics.pstdev(acc),
+                "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else None,
             }
         )
     return summary
@@ -178,7 +188,7 @@ def plot(summary: list[dict], output: str, path: Path) -> None:
         xs, ys = series.setdefault(row["curve"], ([], []))
         xs.append(row["budget"])
         ys.append(100 * row["fidelity_mean"])
-        spreads.setdefault(row["curve"], []).append(100 * row["fidelity_std"])
+        spreads.setdefault(row["curve"], []).append(100 * (row["fidelity_std"] or 0.0))
     line_plot(
         series,
         "query budget (images; log scale)",
@@ -195,13 +205,15 @@ def main() -> None:
     parser.add_argument("--victim", type=Path, required=True)
     parser.add_argument("--defense", type=Path, default=None, help="also attack the defended victim")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="three budgets, JBDA to 2,400 queries")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--figures", type=Path, default=Path("docs"), help="where the two PNGs go")
     parser.add_argument("--only-seed", type=int, default=None, help="run only this seed's trials")
     parser.add_argument("--budgets", type=int, nargs="*", default=None, help="run only these budgets")
     parser.add_argument("--summary-only", action="store_true", help="summarise the trials finished so far")
     args = parser.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
+    provenance = Provenance()
     data_dir = None
     victim = load_victim(args.victim)
     defense = load_defense(args.defense, victim) if args.defense else None
@@ -210,16 +222,16 @@ def main() -> None:
     log = args.out / "attack_curves.jsonl"
     plan = [
         t
-        for t in trials(args.seeds, args.quick, defense is not None)
+        for t in trials(args.seeds, defense is not None)
         if args.only_seed in (None, t.seed) and (not args.budgets or t.budget in args.budgets)
     ]
-    done = read_log(log)
+    done = read_log(log, victim.fingerprint)
     for number, trial in enumerate(plan, 1):
         # Re-read before each trial: a second process (another core, another seed) may share the log.
-        if args.summary_only or trial.key in (done := read_log(log)):
+        if args.summary_only or trial.key in (done := read_log(log, victim.fingerprint)):
             continue
         result = run_trial(trial, victim, defense, data_dir, test)
-        row = {"key": trial.key, **trial.__dict__, **result}
+        row = {"key": trial.key, "victim_fingerprint": victim.fingerprint, **trial.__dict__, **result}
         done[trial.key] = row
         with log.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -228,26 +240,30 @@ def main() -> None:
             f"fidelity {result['fidelity']:.2%}, accuracy {result['accuracy']:.2%} ({result['time_s']:.0f} s)",
             flush=True,
         )
-    done = read_log(log)
-    plan = trials(args.seeds, args.quick, defense is not None)
+    done = read_log(log, victim.fingerprint)
+    plan = trials(args.seeds, defense is not None)
     rows = [done[t.key] for t in plan if t.key in done]
     summary = summarise(rows)
+    args.figures.mkdir(parents=True, exist_ok=True)
     for output in ("probabilities", "label"):
-        plot(summary, output, args.out / f"attack_curves_{output}.png")
+        plot(summary, output, args.figures / f"attack_curves_{output}.png")
     with (args.out / "attack_curves.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
     payload = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "threads": torch.get_num_threads(),
+        "provenance": provenance.record(trials_finished=len(rows), trials_planned=len(plan)),
+        "victim_fingerprint": victim.fingerprint,
+        "seeds": args.seeds,
+        "sd": "sample standard deviation (n - 1) over seeds; null where one seed ran",
         "recipe": RECIPE.__dict__,
         "summary": summary,
     }
     (args.out / "attack_curves.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     for row in summary:
         print(
-            f"{row['curve']:38s} {row['budget']:6d}: fidelity {row['fidelity_mean']:.2%} ± {row['fidelity_std']:.2%} "
+            f"{row['curve']:38s} {row['budget']:6d}: fidelity {row['fidelity_mean']:.2%} "
+            f"± {row['fidelity_std'] or 0:.2%} "
             f"(min {row['fidelity_min']:.2%}), accuracy {row['accuracy_mean']:.2%}"
         )
 

@@ -6,7 +6,10 @@ defended oracle on in-distribution traffic (MNIST test: detector plus the policy
 benign rows it flags) and on out-of-distribution traffic (Fashion-MNIST: nearly every answer
 comes from the policy).
 
-    python -m benchmarks.detector_overhead --victim DIR --defense DIR
+The whole measurement runs `--runs` times back to back (two by default), so that the table shows
+how far one run's figures move on this machine.
+
+    python -m benchmarks.detector_overhead --victim DIR --defense DIR [--repeats 8] [--runs 2]
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import json
 import os
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import RESULTS, Provenance
 from mea.data import load
 from mea.defenses.store import load_defense
 from mea.oracle import VictimOracle
@@ -49,10 +52,13 @@ def main() -> None:
     parser.add_argument("--victim", type=Path, required=True)
     parser.add_argument("--defense", type=Path, required=True)
     parser.add_argument("--images", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/detector_overhead.json"))
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=2, help="whole measurements, back to back")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--out", type=Path, default=RESULTS / "detector_overhead.json")
     args = parser.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
+    provenance = Provenance()
 
     victim = load_victim(args.victim)
     defense = load_defense(args.defense, victim)
@@ -64,6 +70,19 @@ def main() -> None:
     def detector_only(images: torch.Tensor) -> torch.Tensor:
         return defense.detector.score(plain.inspect(images, defense.detector.layers)[1])
 
+    runs = [measure(plain, detector_only, defended, mnist, fashion, args) for _ in range(args.runs)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"provenance": provenance.record(), "victim_fingerprint": victim.fingerprint, "runs": runs}, indent=2
+        )
+        + "\n"
+    )
+    print(f"written to {args.out}")
+
+
+def measure(plain, detector_only, defended, mnist, fashion, args) -> list[dict]:
+    """One whole measurement: a row per batch size."""
     rows = []
     for batch in (1, 32, 256, 1024):
         count = 512 if batch == 1 else args.images
@@ -95,14 +114,7 @@ def main() -> None:
             f"(+{id_us / victim_us - 1:.1%}), defended OOD {ood_us:7.1f} (+{ood_us / ood_timing['victim'] - 1:.1%})",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"date": datetime.now(UTC).isoformat(timespec="seconds"), "threads": torch.get_num_threads(), "rows": rows},
-            indent=2,
-        )
-    )
-    print(f"written to {args.out}")
+    return rows
 
 
 if __name__ == "__main__":

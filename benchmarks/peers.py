@@ -8,7 +8,7 @@ decide whether ART's extraction attacks work at all, found by reading its code:
   probabilities (CrossEntropyLoss accepts any float target) and the clone stays near chance.  The
   victim must be wrapped with its softmax, as a prediction service would answer.
 * `batch_size_fit` defaults to 1 (60,000 optimiser steps per epoch of 60,000 queries); the thief's
-  optimiser and rate are the caller's.  `benchmarks.run --full` searches both on a validation split.
+  optimiser and rate are the caller's.  `benchmarks.run` (full mode) searches both on a validation split.
 
 ART draws its query subset with `np.random.choice` and shuffles with torch's global generator;
 `seed_globals` seeds both before every ART call (ART offers no generator argument).

@@ -1,0 +1,1525 @@
+"""The generated blocks of README.md and BENCHMARKS.md, each a function of committed results files.
+
+`BLOCKS[name](results)` returns a block's markdown; `benchmarks.readme` puts it between the block's
+markers and checks it.  Every block ends with a line naming the file(s) it reads and the command
+that wrote them; times carry the machine and its 1-minute load average when they were taken.
+Spreads ("±") are sample standard deviations (n - 1) over the draws or seeds named beside them.
+
+Pure Python (json only): the check runs in the test suite without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class MissingResults(Exception):
+    """A results file a block needs is not there."""
+
+
+class Results:
+    """The committed results files, read once each."""
+
+    def __init__(self, directory: Path = RESULTS_DIR) -> None:
+        self.directory = Path(directory)
+        self._cache: dict[str, dict | None] = {}
+
+    def get(self, name: str) -> dict | None:
+        """The parsed file, or None if it does not exist."""
+        if name not in self._cache:
+            path = self.directory / name
+            self._cache[name] = json.loads(path.read_text()) if path.exists() else None
+        return self._cache[name]
+
+    def __getitem__(self, name: str) -> dict:
+        record = self.get(name)
+        if record is None:
+            raise MissingResults(f"benchmarks/results/{name} is missing; the block's command writes it")
+        return record
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def pct(value: float, digits: int = 2) -> str:
+    return f"{100 * value:.{digits}f}%"
+
+
+def pm(spread: dict, digits: int = 1, unit: str = "%") -> str:
+    """mean ± sd of a fraction, in percent (the spread of benchmarks.defense_keys.spread)."""
+    return f"{100 * spread['mean']:.{digits}f} ± {100 * spread['sd']:.{digits}f}{unit}"
+
+
+def span(spread: dict, digits: int = 1) -> str:
+    """min-max of a fraction, in percent."""
+    return f"{100 * spread['min']:.{digits}f}-{100 * spread['max']:.{digits}f}%"
+
+
+def count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def plural(number: int, word: str) -> str:
+    return f"{number:,} {word}{'s' * (number != 1)}"
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def machine_text(provenance: dict, timed: bool) -> str:
+    info = provenance["machine"]
+    threads = info["torch_threads"]
+    text = f"{info['cores']} cores ({info['cpu']}), torch {info['torch']} with {threads} thread{'s' * (threads != 1)}"
+    if timed:
+        load = provenance["load_average_1min"]["start"]
+        if load is not None:
+            text += f", 1-minute load {load:.1f} at the start"
+            if load >= 0.25 * info["cores"]:
+                text += " (**a busy machine: the times are inflated**)"
+    return text
+
+
+def source(provenance: dict, files: str, timed: bool = False) -> str:
+    """The line under a block: which file, which command, when, on what machine."""
+    revision = provenance["revision"]
+    commit = (revision["commit"] or "unknown")[:10] + (" with local changes" if revision["dirty"] else "")
+    return (
+        f"<sub>From {files}, written by `{provenance['command']}` on {provenance['date']} "
+        f"(revision {commit}; {machine_text(provenance, timed)}).</sub>"
+    )
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- BENCHMARKS.md ---------------------------------------------------------------------------------
+
+OUTPUT_NAMES = ("probabilities", "label")
+
+
+def _clone_cells(record: dict) -> dict[tuple[int, str, str], dict]:
+    """The clone comparison's rows grouped over seeds: accuracy and fidelity spreads, median time."""
+    groups: dict[tuple[int, str, str], list[dict]] = {}
+    for row in record["clone"]["rows"]:
+        groups.setdefault((row["queries"], row["output"], row["attacker"]), []).append(row)
+    return {
+        key: {
+            "accuracy": mean_sd([r["accuracy"] for r in rows]),
+            "fidelity": mean_sd([r["fidelity"] for r in rows]),
+            "time_s": statistics.median(r["time_s"] for r in rows),
+            "seeds": len(rows),
+        }
+        for key, rows in groups.items()
+    }
+
+
+def bench_header(record: dict) -> str:
+    provenance, plan = record["provenance"], record["plan"]
+    info = provenance["machine"]
+    victim = record["victim"]
+    return "\n".join(
+        [
+            f"Measured {provenance['date']} on {info['cpu']} ({info['cores']} cores, {info['memory_gib']} GiB, "
+            f"torch {info['torch']} with {info['torch_threads']} threads, ART {provenance['art']}, mea {info['mea']}, "
+            f"Python {info['python']}), {'quick' if plan['quick'] else 'full'} mode, "
+            f"{provenance['wall_s'] / 60:.0f} min; {machine_text(provenance, True).split(', ', 2)[-1]}.",
+            "",
+            f"Reproduce: `{provenance['command']}` (`pip install -e '.[bench]'` first; the victim from "
+            "`mea train-victim`, the defense from `mea defend fit`). This victim: "
+            f"{pct(victim['accuracy'])} on MNIST test, fingerprint `{victim['fingerprint'][:12]}`. "
+            f"Every attack ran for {plural(plan['seeds'], 'seed')} (the query draw, the clone's initialisation and "
+            "shuffles, and for the OOD-gated defense the noise key of draw s of `benchmarks.defense_keys`): "
+            "accuracies are the mean ± the sample standard deviation over the seeds, times the median.",
+        ]
+    )
+
+
+def bench_clone(record: dict) -> str:
+    plan = record["plan"]
+    cells = _clone_cells(record)
+    thief = record["clone"]["art_thief"]
+    rows = []
+    for queries, output, attacker in cells:
+        cell = cells[queries, output, attacker]
+        ours = cells[queries, output, "mea random"]
+        ratio = "" if attacker == "mea random" else f"{cell['time_s'] / ours['time_s']:.1f}x"
+        rows.append(
+            [
+                count(queries),
+                output,
+                attacker,
+                pm(cell["accuracy"], 2),
+                pm(cell["fidelity"], 2),
+                f"{cell['time_s']:.1f} s",
+                ratio,
+            ]
+        )
+    knockoff = record["clone"]["knockoff_random"]
+    same = (
+        "**identical** to CopycatCNN's clone of the same seed"
+        if knockoff["identical"]
+        else f"**not** identical to CopycatCNN's ({pct(knockoff['copycat_accuracy'])})"
+    )
+    naive = record["clone"]["art_on_logits"]
+    lines = [
+        f"Same victim, same query images (drawn at random from the victim's training split), {plan['epochs']} "
+        "epochs for every attacker, same thief architecture (LeNet-5). Wall time covers querying and training "
+        f"(median over {plural(plan['seeds'], 'seed')}). ART's thief: Adam, batch {thief['batch_size_fit']}, "
+        f"LR {thief['lr']:g}.",
+        "",
+        table(
+            ["queries", "answers", "attacker", "clone accuracy", "fidelity", "wall time", "ART time / mea time"], rows
+        ),
+        "",
+        f'ART\'s KnockoffNets with `sampling_strategy="random"`, run once ({count(knockoff["queries"])} '
+        f"{knockoff['output']} answers, seed {knockoff['seed']}): {pct(knockoff['accuracy'])} accuracy, "
+        f"{pct(knockoff['fidelity'])} fidelity in {knockoff['time_s']:.1f} s, {same}. In ART 1.20 it draws its "
+        "queries with the same `np.random.choice` call and trains with the same `fit` as CopycatCNN, so it is "
+        "not repeated above.",
+        "",
+        "What ART needs to work at its best (read from its code, `benchmarks/peers.py`): the victim must answer "
+        "probabilities (ART's `PyTorchClassifier.predict` returns what the model returns; around a victim that "
+        "ends in logits, `use_probability=True` trains on logits as if they were probabilities: CopycatCNN then "
+        f"reaches {pct(naive['accuracy'])} at {count(naive['queries'])} queries in this run); "
+        "`batch_size_fit` defaults to 1, one optimiser step per query, so the search below picks batch size and "
+        "learning rate on a held-out validation split (MNIST train 55,000-60,000, true labels), never on MNIST "
+        "test; ART draws queries with `np.random.choice` and shuffles with torch's global generator, both seeded "
+        "before every ART call.",
+    ]
+    if "art_search" in record:
+        lines += [
+            "",
+            table(
+                ["ART batch", "ART LR", "validation accuracy", "time"],
+                [
+                    [str(r["batch_size_fit"]), f"{r['lr']:g}", pct(r["validation_accuracy"]), f"{r['time_s']:.1f} s"]
+                    for r in record["art_search"]
+                ],
+            ),
+        ]
+    lines += ["", "Verdict, from the rows above (mean accuracy; median time):", ""]
+    for (queries, output, attacker), cell in cells.items():
+        if attacker == "mea random":
+            continue
+        ours = cells[queries, output, "mea random"]
+        gap = ours["accuracy"]["mean"] - cell["accuracy"]["mean"]
+        noise = max(ours["accuracy"]["sd"], cell["accuracy"]["sd"])
+        if abs(gap) <= noise:
+            accuracy = f"level in accuracy ({100 * gap:+.2f} points, within one sd)"
+        else:
+            accuracy = f"{'ahead' if gap > 0 else '**behind**'} in accuracy ({100 * gap:+.2f} points)"
+        faster = "faster" if ours["time_s"] < cell["time_s"] else "**slower**"
+        lines.append(
+            f"- {count(queries)} {output} vs {attacker}: mea is {accuracy} and {faster} "
+            f"({cell['time_s'] / ours['time_s']:.2f}x)."
+        )
+    return "\n".join(lines)
+
+
+def bench_art_timing(results: Results) -> str:
+    """Where the time of a 10,000-label extraction goes (benchmarks/results/art_timing.json)."""
+    record = results.get("art_timing.json")
+    if record is None:
+        return "Not yet measured: `python -m benchmarks.art_timing --victim runs/victim` writes art_timing.json."
+    s = record["summary"]
+    mea, art = s["mea"], s["art"]
+    rows = []
+    for ours, theirs in zip(mea, art, strict=True):
+        rows.append(
+            [
+                str(ours["epochs"]),
+                f"{pct(ours['accuracy'])} in {ours['total_s']:.2f} s",
+                f"{pct(theirs['accuracy'])} in {theirs['total_s']:.2f} s",
+            ]
+        )
+    loops = [
+        [
+            str(loop["batch_size"]),
+            f"{pct(loop['mea_loop_accuracy'])} in {loop['mea_loop_s']:.2f} s",
+            f"{pct(loop['art_loop_accuracy'])} in {loop['art_loop_s']:.2f} s",
+            f"{loop['art_loop_s'] / loop['mea_loop_s']:.2f}x",
+        ]
+        for loop in s["loops"]
+    ]
+    cli = s["cli"]
+    in_art = s["mea_within_art_time"]
+    in_mea = s["art_within_mea_time"]
+    equal_time = []
+    if in_art is not None:
+        equal_time.append(
+            f"within ART's {art[-1]['total_s']:.2f} s (5 epochs, {pct(art[-1]['accuracy'])}) mea finishes "
+            f"{plural(in_art['epochs'], 'epoch')} for {pct(in_art['accuracy'])}"
+        )
+    if in_mea is not None:
+        equal_time.append(
+            f"within mea's {mea[-1]['total_s']:.2f} s (5 epochs, {pct(mea[-1]['accuracy'])}) ART finishes "
+            f"{plural(in_mea['epochs'], 'epoch')} for {pct(in_mea['accuracy'])}"
+        )
+    else:
+        equal_time.append(f"ART finishes no epoch within mea's {mea[-1]['total_s']:.2f} s")
+    seeds = len(record["seeds"])
+    return "\n".join(
+        [
+            f"{count(record['queries'])} label answers, the same images for both, mean accuracy and median time "
+            f"over {plural(seeds, 'seed')}, after a warm-up. Time is querying plus training (mea: "
+            f"{s['mea_query_s']:.2f} s of querying; ART: {s['art_query_s']:.2f} s); mea's one-cycle schedule is "
+            "only meaningful at its end, so each of its rows is its own run, while ART's constant-rate clone is "
+            "evaluated after each epoch of one run.",
+            "",
+            table(["epochs", "mea (default training)", "ART CopycatCNN (Adam, batch 64, LR 3e-3)"], rows),
+            "",
+            f"At equal wall time: {'; '.join(equal_time)}. ART's `extract` in one call, timed as `benchmarks.run` "
+            f"times it: {s['art_whole_s']:.2f} s for {pct(s['art_whole_accuracy'])}.",
+            "",
+            "The two training loops on identical work (the same labels, constant LR 3e-3, cross-entropy, 5 epochs):",
+            "",
+            table(["batch", "mea's loop", "ART's `fit`", "ART / mea"], loops),
+            "",
+            f"`{cli['command']}` as a user runs it: {cli['query_s']:.2f} s querying + {cli['train_s']:.2f} s "
+            f"training ({pct(cli['accuracy'])}); the whole process, with Python's start-up, imports, loading "
+            f"MNIST and evaluating, {cli['process_wall_s']:.1f} s.",
+            "",
+            source(record["provenance"], "`benchmarks/results/art_timing.json`", timed=True),
+        ]
+    )
+
+
+def bench_study(record: dict) -> str:
+    study = record["study"]["rows"]
+    default, best = study["mea default"], study["study best"]
+    return "\n".join(
+        [
+            f"{count(record['study']['queries'])} probability answers (MNIST train), training time only, seed "
+            f"{record['plan']['seed']} (one run each: a timing comparison).",
+            "",
+            table(
+                ["configuration", "epochs", "clone accuracy", "fidelity", "training time"],
+                [
+                    [
+                        "this project's default (Adam one-cycle, peak LR 3e-2, batch 256, distillation T=4)",
+                        str(default["epochs"]),
+                        pct(default["accuracy"]),
+                        pct(default["fidelity"]),
+                        f"{default['time_s']:.1f} s",
+                    ],
+                    [
+                        "the study's best (Adam, LR 5e-4 constant, batch 512, cross-entropy on probabilities)",
+                        str(best["epochs"]),
+                        pct(best["accuracy"]),
+                        pct(best["fidelity"]),
+                        f"{best['time_s']:.1f} s",
+                    ],
+                ],
+            ),
+            "",
+            f"Ratio: the study's configuration takes **{best['time_s'] / default['time_s']:.1f}x** the time, for "
+            f"{100 * (best['accuracy'] - default['accuracy']):+.2f} points of accuracy (the study reports 98.11% "
+            "in 590 s on its own machine).",
+        ]
+    )
+
+
+def _defense_cells(record: dict) -> dict[tuple[str, str, str], dict]:
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for row in record["defenses"]["rows"]:
+        groups.setdefault((row["defense"], row["pool"], row["output"]), []).append(row)
+    return {
+        key: {
+            "accuracy": mean_sd([r["accuracy"] for r in rows]),
+            "benign": mean_sd([r["benign_accuracy"] for r in rows]),
+        }
+        for key, rows in groups.items()
+    }
+
+
+def bench_defenses(record: dict, image_prefix: str = "") -> str:
+    section = record["defenses"]
+    cells = _defense_cells(record)
+    defenses = list(dict.fromkeys(key[0] for key in cells))
+    pools = ("mnist-train", "fashion-mnist")
+    rows = []
+    for defense in defenses:
+        benign = cells[defense, pools[0], OUTPUT_NAMES[0]]["benign"]
+        rows.append(
+            [defense, pm(benign, 2)]
+            + [pm(cells[defense, pool, output]["accuracy"], 2) for pool in pools for output in OUTPUT_NAMES]
+        )
+    seeds = len({row["seed"] for row in section["rows"]})
+    lines = [
+        f"This project's attack (random selection, default training, {plural(section['epochs'], 'epoch')}, "
+        f"{count(section['queries'])} queries) against each defended victim, {plural(seeds, 'seed')}; benign "
+        "accuracy is MNIST test answered through the defense (top-1). ART's postprocessors at their documented "
+        "defaults, applied to each query batch as ART's `predict` applies them. Clone accuracy on MNIST test:",
+        "",
+        table(
+            [
+                "defense",
+                "benign accuracy",
+                "MNIST-train pool, probabilities",
+                "MNIST-train pool, labels",
+                "Fashion pool, probabilities",
+                "Fashion pool, labels",
+            ],
+            rows,
+        ),
+        "",
+        f"![defenses]({image_prefix}{record['plot']})",
+        "",
+        "Reading it, attack by attack (lowest mean clone accuracy among defenses keeping mean benign accuracy >= 98%):",
+        "",
+    ]
+    for pool in pools:
+        for output in OUTPUT_NAMES:
+            undefended = cells["none", pool, output]
+            usable = [
+                (d, cells[d, pool, output])
+                for d in defenses
+                if d != "none" and cells[d, pool, output]["benign"]["mean"] >= 0.98
+            ]
+            best_name, best = min(usable, key=lambda item: item[1]["accuracy"]["mean"])
+            lines.append(
+                f"- {pool} pool, {output}: undefended {pm(undefended['accuracy'], 2)}; best {best_name}, "
+                f"{pm(best['accuracy'], 2)} (benign {pm(best['benign'], 2)})."
+            )
+    return "\n".join(lines)
+
+
+def bench_limits(record: dict) -> str:
+    limits = record["limits"]
+    study = record["study"]["rows"]
+    return "\n".join(
+        [
+            table(
+                ["quantity", "value"],
+                [
+                    [
+                        "LeNet-5 forward FLOPs per image (FlopCounterMode)",
+                        f"{limits['forward_flops_per_image'] / 1e6:.3f} M",
+                    ],
+                    ["peak fp32 matmul (2048x2048, best of 10)", f"{limits['peak_matmul_flops'] / 1e9:.1f} GFLOP/s"],
+                    [
+                        "victim inference, batch 1,024",
+                        f"{count(limits['inference_images_per_s'])} images/s = "
+                        f"{pct(limits['inference_fraction_of_peak'])} of peak",
+                    ],
+                    [
+                        "clone training, batch 256 (forward + backward = 3x forward FLOPs)",
+                        f"{count(limits['training_images_per_s'])} images/s = "
+                        f"{pct(limits['training_fraction_of_peak'])} of peak",
+                    ],
+                ],
+            ),
+            "",
+            "FLOPs count the convolutions and matrix products (pooling and activations are not counted). What "
+            "helps a network this small is fewer passes over the data rather than faster arithmetic: section 2's "
+            f"default reaches {pct(study['mea default']['accuracy'])} in {study['mea default']['epochs']} epochs, "
+            f"the study's configuration {pct(study['study best']['accuracy'])} in {study['study best']['epochs']}.",
+        ]
+    )
+
+
+def benchmarks_page(record: dict, root: str = ".") -> str:
+    """A whole page from one benchmarks.run record (the quick run's page, outside the repository's docs)."""
+    return "\n\n".join(
+        [
+            "# Benchmarks (quick)" if record["plan"]["quick"] else "# Benchmarks",
+            bench_header(record),
+            "## 1. Clone training: this project vs ART",
+            bench_clone(record),
+            "## 2. The study's best configuration vs this project's default",
+            bench_study(record),
+            "## 3. Defenses: this project's OOD-gated defense vs ART's postprocessors",
+            bench_defenses(record, f"{root}/"),
+            "## 4. Limits: throughput against the machine's peak",
+            bench_limits(record),
+        ]
+    )
+
+
+# --- README.md: the victim and the default attack --------------------------------------------------
+
+
+def _load_note(load: dict | None, cores: int) -> str:
+    """`load 0.3` for a timing, flagged when the machine was busy."""
+    if not load or load.get("start") is None:
+        return ""
+    busy = load["start"] >= 0.25 * cores
+    return f"; 1-minute load {load['start']:.1f}" + (", **busy: inflated**" if busy else "")
+
+
+def readme_victim(results: Results) -> str:
+    record = results["headline.json"]
+    victim = record["victim"]
+    train = victim["config"]["train"]
+    start, end = victim["train_images"].split("[", 1)[1].rstrip("]").split(":")  # "mnist train[0:55000]"
+    images = f"{int(end) - int(start):,} images"
+    cores = record["provenance"]["machine"]["cores"]
+    timing = record.get("victim_training")
+    if timing is None:
+        time_text = "training time not measured by this file (`--train-victim` measures it)"
+    else:
+        same = "" if timing["matches_victim"] else " (a victim with other weights: see the file)"
+        time_text = (
+            f"trained in {timing['time_s']['train']:.0f} s{same} "
+            f"({cores} cores{_load_note(timing['load_average_1min'], cores)})"
+        )
+    return "\n".join(
+        [
+            f"`{victim['command'].removesuffix(' -q')}` ({train['epochs']} epochs, {train['schedule']}, random "
+            f"shifts up to {train['shift']} px, {images}): **{pct(victim['accuracy'])}** MNIST test accuracy, "
+            f"macro F1 {victim['f1']:.4f}, {time_text}; fingerprint `{victim['fingerprint'][:12]}`.",
+            "",
+            source(record["provenance"], "`benchmarks/results/headline.json`"),
+        ]
+    )
+
+
+def readme_default_attack(results: Results) -> str:
+    record = results["headline.json"]
+    attack = record["attack"]
+    config, train = attack["config"], attack["config"]["train"]
+    clone, victim = attack["clone"], attack["victim"]
+    cores = record["provenance"]["machine"]["cores"]
+    seconds = attack["time_s"]
+    return "\n".join(
+        [
+            f"`{attack['command']}` (the defaults: `{config['strategy']}` strategy, `{config['pool']}` pool, "
+            f"{count(attack['queries'])} `{config['output']}` answers, LeNet_a, {train['epochs']} epochs "
+            f"{train['schedule']} at peak LR {train['lr']:g}, batch {train['batch_size']}, distillation at "
+            f"temperature {train['temperature']:g}, `--true-label-weight {train['true_label_weight']:g}`):",
+            "",
+            table(
+                ["", "accuracy", "F1", "fidelity", "agreement on uniform noise", "query time", "training time"],
+                [
+                    ["victim", pct(victim["accuracy"]), f"{victim['f1']:.4f}", "", "", "", ""],
+                    [
+                        "clone (LeNet_a)",
+                        f"**{pct(clone['accuracy'])}**",
+                        f"{clone['f1']:.4f}",
+                        f"**{pct(clone['fidelity'])}**",
+                        pct(clone["uniform_agreement"]),
+                        f"{seconds['query']:.1f} s",
+                        f"**{seconds['train']:.1f} s**",
+                    ],
+                ],
+            ),
+            "",
+            f"<sub>Times on {cores} cores{_load_note(attack['load_average_1min'], cores)}.</sub> "
+            + source(record["provenance"], "`benchmarks/results/headline.json`"),
+        ]
+    )
+
+
+_OP_NAMES = {
+    "aten::convolution_backward": "convolution backward",
+    "aten::max_pool2d_with_indices": "max-pooling",
+    "aten::mkldnn_convolution": "convolution forward",
+    "Optimizer.step#Adam.step": "Adam",
+    "aten::max_pool2d_with_indices_backward": "max-pooling backward",
+    "aten::threshold_backward": "ReLU backward",
+    "aten::mm": "matrix products",
+    "aten::fill_": "filling",
+    "aten::clamp_min": "ReLU",
+    "aten::addmm": "matrix products",
+}
+
+
+def readme_time_to_98(results: Results) -> str:
+    record = results["clone_time_to_98.json"]
+    table_record = results.get("seed_table.json")
+    target = record["target"]
+    ours = next(r for r in record["default_runs"] if r["accuracy"] >= target)
+    study = record["study_best"]
+    first = next((h for h in study["history"] if h["accuracy"] >= target), None)
+    cores = record["provenance"]["machine"]["cores"]
+    load = record["provenance"]["load_average_1min"]
+    lines = []
+    if table_record is not None:
+        run4 = max(table_record["rows"], key=lambda r: r["study"]["accuracy"])["study"]
+        lines.append(
+            f"The study's best run reached {run4['accuracy']:.2f}% in {run4['time_s']:.0f} s on its own machine. "
+            "Where the difference comes from, measured:"
+        )
+        lines.append("")
+    if first is None:
+        study_text = f"does not reach {target:.0%} in {len(study['history'])} epochs ({study['train_s']:.1f} s)"
+    else:
+        study_text = (
+            f"needs {first['epoch']} epochs, **{first['train_s']:.1f} s** ({first['train_s'] / ours['train_s']:.1f}x "
+            f"longer), and ends at {pct(study['accuracy'])} after {len(study['history'])} epochs in "
+            f"{study['train_s']:.0f} s"
+        )
+    lines.append(
+        "- *A better schedule and loss.* One-cycle (Smith & Topin 2017) at a high peak rate, and distillation at "
+        "temperature 4 on the log of the answers (Hinton et al. 2015), which recovers the small probabilities a "
+        "confident victim hides at temperature 1. `python -m benchmarks.clone_time_to_98 --victim runs/victim` "
+        f"({count(record['queries'])} probability answers, training time only): {target:.0%} clone accuracy after "
+        f"**{ours['train_s']:.1f} s** ({plural(ours['config']['epochs'], 'epoch')}, {pct(ours['accuracy'])}); "
+        "the study's best setting (Adam, LR 5e-4, batch 512, constant LR, plain cross-entropy) run by this same loop "
+        f"{study_text}. <sub>Times on {cores} cores{_load_note(load, cores)}.</sub>"
+    )
+    return "\n".join(lines)
+
+
+def readme_training_loop(results: Results) -> str:
+    record = results["clone_time_to_98.json"]
+    layout = results["channels_last.json"]
+    speedup = layout["speedup"]
+    shares = ", ".join(f"{_OP_NAMES.get(row['op'], row['op'])} {pct(row['share'], 0)}" for row in record["profile"][:5])
+    cores = layout["provenance"]["machine"]["cores"]
+    return "\n".join(
+        [
+            "- *A faster loop.* Tensors in memory, the channels-last memory format for oneDNN's convolutions "
+            f"(`python -m benchmarks.channels_last`: {speedup['training']:.1f}x faster training, "
+            f"{speedup['inference']:.1f}x faster inference on {cores} cores"
+            f"{_load_note(layout['provenance']['load_average_1min'], cores)}), pooling before ReLU (the same "
+            "function, a quarter of the ReLU work), one thread per core. Where an epoch's time goes now "
+            f"(`clone_time_to_98`'s torch profiler, share of self CPU time): {shares}.",
+            "",
+            source(record["provenance"], "`benchmarks/results/clone_time_to_98.json`", timed=True),
+            source(layout["provenance"], "`benchmarks/results/channels_last.json`", timed=True),
+        ]
+    )
+
+
+def readme_seed_table(results: Results) -> str:
+    record = results["seed_table.json"]
+    header = [
+        "Run",
+        "LR",
+        "Epochs",
+        "Clone accuracy (%)",
+        "F1",
+        "Time (s)",
+        "Fidelity (%)",
+        "Study accuracy (%)",
+        "Study F1",
+        "Study time (s)",
+        "Time vs study",
+    ]
+    rows = []
+    for row in record["rows"]:
+        study, clone, seconds = row["study"], row["clone"], row["time_s"]["train"]
+        rows.append(
+            [
+                str(study["run"]),
+                f"{study['lr']:g}",
+                str(study["epochs"]),
+                f"{100 * clone['accuracy']:.2f}",
+                f"{clone['f1']:.3f}",
+                f"{seconds:.1f}",
+                f"{100 * clone['fidelity']:.2f}",
+                f"{study['accuracy']:.2f}",
+                f"{study['f1']:.2f}",
+                f"{study['time_s']:.2f}",
+                f"{seconds / study['time_s']:.2f}x",
+            ]
+        )
+    beats = [r for r in record["rows"] if 100 * r["clone"]["accuracy"] > r["study"]["accuracy"]]
+    ratios = [r["time_s"]["train"] / r["study"]["time_s"] for r in record["rows"]]
+    if len(beats) == len(record["rows"]):
+        verdict = (
+            f"Every row beats the study's accuracy, in {min(ratios):.0%}-{max(ratios):.0%} of the study's time "
+            "(its times are from its own machine), with the study's own hyperparameters."
+        )
+    else:
+        behind = ", ".join(str(r["study"]["run"]) for r in record["rows"] if r not in beats)
+        verdict = f"Row(s) {behind} do not beat the study's accuracy; the others do."
+    seeds = sorted({s for r in record["rows"] for s in r["seeds"]})
+    cores = record["provenance"]["machine"]["cores"]
+    return "\n".join(
+        [
+            table(header, rows),
+            "",
+            f"{verdict} {'Seeds' if len(seeds) > 1 else 'Seed'} {', '.join(map(str, seeds))}; time is the clone's "
+            f"training time on {cores} cores"
+            f"{_load_note(record['provenance']['load_average_1min'], cores)}.",
+            "",
+            source(record["provenance"], "`benchmarks/results/seed_table.json`"),
+        ]
+    )
+
+
+# --- README.md: the defense --------------------------------------------------------------------------
+
+SOURCE_NAMES = {"fashion-mnist": "`fashion-mnist`", "gaussian": "`gaussian`", "uniform": "`uniform`"}
+
+
+def _keys_source(record: dict) -> str:
+    return source(record["provenance"], "`benchmarks/results/defense_keys.json`")
+
+
+def _draws(record: dict) -> int:
+    return len(record["draws"])
+
+
+def readme_defense_table(results: Results) -> str:
+    record = results["defense_keys.json"]
+    summary = record["summary"]
+    benign, flagged = summary["benign_accuracy"], summary["benign_flagged_rate"]
+    queries = record["draws"][0]["config"]["queries"]
+    rows = [
+        [
+            "benign accuracy (MNIST test through the defense)",
+            pct(benign["undefended"]["mean"]),
+            f"**{pm(benign['defended'], 2)}** (drop {benign['drop_pp']['mean']:.2f} pp; "
+            f"{pct(flagged['mean'])} of benign queries flagged)",
+        ]
+    ]
+    for source_name in ("fashion-mnist", "gaussian", "uniform", "mnist-train"):
+        cell = summary["clone_accuracy"][source_name]
+        defended = cell["defended"]
+        rows.append(
+            [
+                f"clone accuracy, {count(queries)} `{source_name}` queries",
+                pm(cell["undefended"]),
+                f"**{pm(defended)}** ({span(defended)})",
+            ]
+        )
+    detector = record["detector"]
+    return "\n".join(
+        [
+            f"Policy `{record['policy']}`, target benign false-positive rate {pct(detector['target_fpr'], 0)}, "
+            f"{count(queries)} queries per source:",
+            "",
+            table(["", "undefended", f"defended, {_draws(record)} keys"], rows),
+            "",
+            f"Each cell: mean ± sample standard deviation over {_draws(record)} draws (range in brackets); "
+            'draw d uses the noise key SHA-256("mea-benchmark-key/d") and attacker seed d, undefended and '
+            "defended alike.",
+            "",
+            _keys_source(record),
+        ]
+    )
+
+
+def readme_detector(results: Results) -> str:
+    record = results["defense_keys.json"]
+    detection = record["summary"]["detector"]
+
+    def auroc(name: str) -> str:
+        return f"{detection[name]['auroc']['mean']:.4f}"
+
+    def flagged(name: str) -> str:
+        return pct(detection[name]["flagged_rate"]["mean"], 1)
+
+    config = record["detector"]
+    layers = " and ".join(f"`{layer}`" for layer in config["layers"])
+    return (
+        "Detector (after Lee et al. 2018: class-conditional Gaussians with a tied covariance on the spatially "
+        f"averaged {layers} activations, plus the victim's max-softmax confidence as log(-log p_max), each "
+        "standardised on training data and summed; threshold at the calibration split's "
+        f"{1 - config['target_fpr']:.0%} quantile): AUROC against MNIST test **{auroc('fashion-mnist')}** for "
+        f"Fashion-MNIST ({flagged('fashion-mnist')} flagged), {auroc('uniform')} for uniform and "
+        f"{auroc('gaussian')} for Gaussian noise ({flagged('uniform')} and {flagged('gaussian')} flagged), "
+        f"{auroc('mnist-train')} for `mnist-train` ({flagged('mnist-train')} flagged: it *is* MNIST)."
+    )
+
+
+LAYER_ORDER = (
+    "conv1",
+    "conv2",
+    "fc1",
+    "fc2",
+    "logits",
+    "confidence",
+    "conv1+conv2",
+    "fc2+confidence",
+    "all layers",
+    "all layers+confidence",
+    "conv1+conv2+confidence (default)",
+)
+
+
+def readme_defense_findings(results: Results) -> str:
+    record = results["defense_keys.json"]
+    summary = record["summary"]
+    draws, swept = _draws(record), summary["sweep_draws"]
+    study = summary["layer_study"]
+    fashion = {name: study[name]["fashion-mnist"]["mean"] for name in study}
+    ranked = sorted(fashion, key=fashion.get)
+    layers = ", ".join(
+        (f"**`{name}` {fashion[name]:.4f}**" if "default" in name else f"`{name}` {fashion[name]:.3f}")
+        for name in LAYER_ORDER
+        if name in fashion
+    )
+    tradeoff = summary["tradeoff"]
+    rates = " / ".join(f"{100 * row['target_fpr']['mean']:g}%" for row in tradeoff)
+    benign_line = " / ".join(f"{100 * row['benign_accuracy']['mean']:.2f}" for row in tradeoff)
+    clone_line = " / ".join(f"{pm(row['clone_accuracy[fashion-mnist]'])}" for row in tradeoff)
+    policies = summary["policies"]
+    policy_text = "; ".join(
+        f"`{row['policy']}` {100 * row['benign_accuracy']['mean']:.2f}% / {pm(row['clone_accuracy[fashion-mnist]'])}"
+        for row in policies
+    )
+    by_name = {row["policy"].split(":")[0]: row for row in policies}
+    argmax_note = ""
+    top1, misinformation = by_name.get("top1-preserving"), by_name.get("misinformation")
+    clone = "clone_accuracy[fashion-mnist]"
+    if top1 and misinformation and top1[clone]["mean"] > misinformation[clone]["mean"]:
+        argmax_note = " Noise that keeps the argmax still teaches the clone the argmax."
+    guarantee = summary["guarantee"]
+    undefended = summary["benign_accuracy"]["undefended"]["mean"]
+    ramps = summary["severity_ramps"]
+    ramp_text = "; ".join(
+        f"ramp {row['severity_ramp']['mean']:g}: benign accuracy {pm(row['benign_accuracy'], 2)}, Fashion-MNIST "
+        f"clone {pm(row['clone_accuracy[fashion-mnist]'])} ({span(row['clone_accuracy[fashion-mnist]'])})"
+        for row in ramps
+    )
+    ramp = record["detector"]["severity_ramp"]
+    top1_text = ""
+    if top1:
+        top1_text = (
+            f"Top-1-preserving: benign top-1 accuracy unchanged by construction (measured "
+            f"{pct(top1['benign_accuracy']['mean'])} = {pct(undefended)}). "
+        )
+    return "\n".join(
+        [
+            "- **The layer matters more than the method.** AUROC for Fashion-MNIST by layer (`layer_study`): "
+            f"{layers}. Lowest: `{ranked[0]}` and `{ranked[1]}`; highest: `{ranked[-1]}`.",
+            f"- **Threshold trade-off** (`tradeoff`, mean ± sd over the first {swept} keys): at target FPR {rates}, "
+            f"benign accuracy is {benign_line}% and the Fashion-MNIST clone {clone_line}.",
+            f"- **Policies** (`policies`: benign accuracy / Fashion-MNIST clone, {swept} keys): {policy_text}."
+            f"{argmax_note}",
+            f"- **Guarantee.** {top1_text}Label-changing policies: only flagged queries are answered differently, "
+            f"so the benign loss is at most the benign flagged rate, {guarantee['bound_pp']['mean']:.2f} pp "
+            f"(measured {pm({k: v / 100 for k, v in guarantee['measured_drop_pp'].items()}, 2, ' pp')}).",
+            "- **Repeat-proof.** Every noisy answer is a deterministic function of the image bytes and a 256-bit "
+            "secret (HMAC-SHA256 of the image seeds the noise), so asking again returns the identical answer "
+            "and averaging gains nothing (tested).",
+            "- **Severity.** Answers grow more wrong the further a query lies past the threshold (0 at the "
+            "threshold, full misinformation at the score that only 1/"
+            f"{ramp:g} as many calibration images exceed: the severity ramp), following Kariyappa & Qureshi 2020. "
+            f"Over {draws} keys: {ramp_text}.",
+            "",
+            _keys_source(record),
+        ]
+    )
+
+
+def readme_in_distribution(results: Results) -> str:
+    record = results["defense_keys.json"]
+    cell = record["summary"]["clone_accuracy"]["mnist-train"]
+    queries = record["draws"][0]["config"]["queries"]
+    return (
+        "**What OOD gating does not do.** An attacker who queries natural in-distribution images (here: public "
+        f"MNIST) is not slowed: {pm(cell['defended'], 2)} clone accuracy at {count(queries)} queries with the "
+        f"defense, {pm(cell['undefended'], 2)} without ({_draws(record)} keys and seeds). Its queries *are* "
+        "benign queries, so any detector that keeps benign accuracy lets them through. What raises its cost is "
+        "what limits every user: per-key quotas and rate limits on the served API, and poorer answers "
+        "(label-only or rounded outputs, set per key); the attack suite below measures how much each of those "
+        "costs it."
+    )
+
+
+def _levels(values: list) -> str:
+    """Query counts over the draws: 'never', one value, or a range with how many draws reached it."""
+    reached = [v for v in values if v is not None]
+    if not reached:
+        return "never"
+    text = count(reached[0]) if min(reached) == max(reached) else f"{count(min(reached))}-{count(max(reached))}"
+    return text if len(reached) == len(values) else f"{text} ({len(reached)} of {len(values)} draws)"
+
+
+def _after(values: list) -> str:
+    """'after N queries' over the draws, naming how many draws reached it when not all did."""
+    reached = [v for v in values if v is not None]
+    if not reached:
+        return "never"
+    text = count(reached[0]) if min(reached) == max(reached) else f"{count(min(reached))}-{count(max(reached))}"
+    partial = "" if len(reached) == len(values) else f" in {len(reached)} of {len(values)} draws"
+    return f"after {text} queries{partial}"
+
+
+def readme_prada(results: Results) -> str:
+    record = results["defense_keys.json"]
+    prada = record["prada"]
+    streams = list(record["draws"][0]["client_detection"])
+    rows = []
+    for stream in streams:
+        states = [draw["client_detection"][stream] for draw in record["draws"]]
+        rows.append(
+            [
+                f"{stream} ({count(states[0]['queries'])})",
+                _levels([s["prada_flagged_at"] for s in states]),
+                _levels([s["suspect_at"] for s in states]),
+                _levels([s["refused_at"] for s in states]),
+                f"{statistics.fmean(s['final_statistic'] for s in states if s['final_statistic'] is not None):.3f}"
+                if any(s["final_statistic"] is not None for s in states)
+                else "",
+            ]
+        )
+    benign = record.get("benign_streams")
+    benign_text = ""
+    if benign:
+        lowest = min(benign["streams"], key=lambda s: s["statistic"])
+        flagged = sum(1 for s in benign["streams"] if s["prada_flagged_at"] is not None)
+        benign_text = (
+            f" Benign streams ({benign['description']}): lowest W {lowest['statistic']:.3f} "
+            f"({lowest['name']}); {flagged} of {len(benign['streams'])} flagged."
+        )
+    return "\n".join(
+        [
+            "**Per-client detection** after PRADA (Juuti et al. 2019): per key, the minimum L2 distance of each "
+            "query to that client's earlier queries of the same predicted class; a Shapiro-Wilk W below "
+            f"{prada['threshold']:.2f} after {prada['min_distances']} distances flags the stream; with the client's "
+            f"running OOD rate (suspect at {prada['ood_suspect_rate']:.0%}, refused at "
+            f"{prada['ood_refuse_rate']:.0%}, after {prada['ood_min_queries']} queries) the service escalates: a "
+            "suspect client gets every answer through the response policy, a refused one gets 403. Measured by "
+            f"`mea defend eval`'s `client_detection` over {_draws(record)} draws (query counts; W: the stream's "
+            f"final Shapiro-Wilk statistic, mean over draws).{benign_text}",
+            "",
+            table(["client stream", "PRADA flagged at", "suspect at", "refused at", "final W"], rows),
+            "",
+            _keys_source(record),
+        ]
+    )
+
+
+# --- README.md: the service -----------------------------------------------------------------------
+
+
+def readme_serve_throughput(results: Results) -> str:
+    record = results["serve_throughput.json"]
+    rows = record["rows"]
+
+    def cell(defense: bool, encoding: str, batch: int) -> dict:
+        return next(r for r in rows if (r["defense"], r["encoding"], r["batch"]) == (defense, encoding, batch))
+
+    lines = []
+    for defense in (False, True):
+        b256, j256, b1 = cell(defense, "binary", 256), cell(defense, "json", 256), cell(defense, "binary", 1)
+        lines.append(
+            [
+                "defended" if defense else "undefended",
+                f"{count(b256['images_per_s'])} images/s, p50 {b256['p50_ms']:.0f} ms, p99 {b256['p99_ms']:.0f} ms",
+                f"{count(j256['images_per_s'])} images/s",
+                f"{count(b1['images_per_s'])} images/s, p50 {b1['p50_ms']:.1f} ms",
+            ]
+        )
+    off, on = cell(False, "binary", 256), cell(True, "binary", 256)
+    cost = 1 - on["images_per_s"] / off["images_per_s"]
+    provenance = record.get("provenance")
+    where = (
+        source(provenance, "`benchmarks/results/serve_throughput.json`", timed=True)
+        if provenance
+        else f"<sub>From `benchmarks/results/serve_throughput.json`, measured {record['date']} on "
+        f"{record['cpus']} cores (no load average recorded).</sub>"
+    )
+    return "\n".join(
+        [
+            f"Server and {record['clients']} client threads on the same machine, loopback, {record['rounds']} "
+            "alternating rounds per configuration (the median), fresh MNIST images for every request:",
+            "",
+            table(["", "binary FP32, batch 256", "JSON, batch 256", "binary, batch 1"], lines),
+            "",
+            f"The defense's measured cost at batch 256 (binary): {cost:+.0%} of throughput.",
+            "",
+            where,
+        ]
+    )
+
+
+def readme_detector_overhead(results: Results) -> str:
+    record = results["detector_overhead.json"]
+    runs = record["runs"]
+    rows = []
+    for i, row in enumerate(runs[0]):
+        same = [run[i] for run in runs]
+
+        def both(key: str, fmt: str, bold: bool = False, same: list = same) -> str:
+            text = " / ".join(
+                format(r[key] * (100 if fmt.endswith("%") else 1), fmt[:-1] if fmt.endswith("%") else fmt)
+                + ("%" if fmt.endswith("%") else "")
+                for r in same
+            )
+            return f"**{text}**" if bold else text
+
+        rows.append(
+            [
+                count(row["batch"]),
+                both("victim_us", ".1f"),
+                both("detector_only_overhead", "+.1f%", bold=True),
+                both("defended_id_overhead", "+.1f%"),
+                both("ood_overhead", "+.0f%"),
+            ]
+        )
+    worst = max(r["detector_only_overhead"] for run in runs for r in run)
+    return "\n".join(
+        [
+            table(
+                [
+                    "batch",
+                    "victim (us/image)",
+                    "detector",
+                    "defended, benign traffic",
+                    "defended, Fashion-MNIST traffic",
+                ],
+                rows,
+            ),
+            "",
+            f"{len(runs)} runs back to back (a / b). The detector alone costs at most {worst:+.0%} of the victim's "
+            "time at any batch size measured.",
+            "",
+            source(record["provenance"], "`benchmarks/results/detector_overhead.json`", timed=True),
+        ]
+    )
+
+
+LOAD_FAULT_COMMAND = "python -m benchmarks.load_fault --victim runs/victim --defense runs/defense"
+
+
+def _statuses(counts: dict) -> str:
+    return ", ".join(f"{code}: {count(n)}" for code, n in sorted(counts.items()))
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} ms"
+
+
+def readme_load_fault(results: Results) -> str:
+    """benchmarks/results/load_fault.json (benchmarks.load_fault): steady load, memory bomb, kill -9."""
+    record = results.get("load_fault.json")
+    if record is None:
+        return f"Not yet measured: `{LOAD_FAULT_COMMAND}` writes `benchmarks/results/load_fault.json`."
+    steady, bomb, kill = record["steady"], record["memory_bomb"], record["kill9"]
+    kinds = [
+        [kind, count(row["requests"]), _statuses(row["statuses"]), _ms(row["p50_ms"]), _ms(row["p99_ms"])]
+        for kind, row in steady["by_kind"].items()
+    ]
+    rss = steady["server_rss_mb"]
+    bomb_rss = bomb["server_rss_mb"]
+    alone, during = bomb["benign_alone"], bomb["benign_during"]
+    resent = _statuses(kill["resent_after_restart"]) or "none"
+    return "\n".join(
+        [
+            f"Steady mixed traffic for {steady['seconds']:.0f} s: {count(steady['requests'])} requests "
+            f"({steady['requests_per_s']:.0f}/s), {count(steady['answered_images_per_s'])} images answered per "
+            f"second; **{steady['server_5xx']} answers 5xx**; server memory {rss['start']:.0f} MB at the start, "
+            f"{rss['peak']:.0f} MB at the peak.",
+            "",
+            table(["traffic", "requests", "statuses", "p50", "p99"], kinds),
+            "",
+            f"- Audit log: {count(steady['audit_rows_answered'])} rows for {count(steady['answered_requests'])} "
+            f"answered requests, **{steady['answered_missing_from_audit']} answers missing**; "
+            f"{count(steady['refused_requests'])} refused requests, counted per minute "
+            f"({count(steady['refusals_counted'])} in the counts) instead of one row each.",
+            f"- Quota: {count(steady['quota_charged'])} images charged for {count(steady['images_answered'])} "
+            f"answered ({steady['quota_mismatches']} keys where the two differ).",
+            f"- Memory bomb (shape [1, 1, 28, 28] carrying 7,000,000 numbers, sent announced, within the byte limit "
+            f"and chunked; answers {_statuses({k: sum(v.values()) for k, v in bomb['bomb_requests'].items()})}): "
+            f"server memory {bomb_rss['before']:.0f} MB before, {bomb_rss['peak']:.0f} MB at the peak "
+            f"(**{bomb_rss['growth']:+.0f} MB**); a benign client's p50/p99 {_ms(alone['p50_ms'])} / "
+            f"{_ms(alone['p99_ms'])} alone, {_ms(during['p50_ms'])} / {_ms(during['p99_ms'])} during the bomb.",
+            f"- `kill -9` after {kill['kill_after_s']:.0f} s of load: {count(kill['answered_before_kill'])} answers "
+            f"received, **{kill['answered_missing_from_audit']} missing from the audit log**; "
+            f"{kill['in_flight_at_kill']} requests in flight, {kill['charged_but_unanswered_requests']} charged but "
+            f"never answered ({kill['charged_but_unanswered_in_flight']} of them in flight); `PRAGMA "
+            f"integrity_check`: `{kill['integrity_check']}` (after the restart: "
+            f"`{kill['integrity_check_after_restart']}`). The in-flight requests resent with their Idempotency-Key: "
+            f"{resent}; {count(kill['charged_on_resend_images'])} images charged for "
+            f"{count(kill['answered_afresh_on_resend_images'])} answered afresh.",
+            "",
+            source(record["provenance"], "`benchmarks/results/load_fault.json`", timed=True),
+        ]
+    )
+
+
+OWNERSHIP_COMMAND = "python -m benchmarks.ownership --victim runs/victim --defense runs/defense --threads 1"
+
+
+def _p(value: float) -> str:
+    return "< 1e-300" if value <= 0 else f"{value:.1e}"
+
+
+def _ownership_cells(row: dict) -> str:
+    return (
+        f"{_p(row.get('watermark_p_value', 1.0))} | {_p(row.get('fingerprint_p_value', 1.0))} | "
+        f"{_p(row['p_value'])} | {'**derived**' if row['derived'] else 'not shown'} |"
+    )
+
+
+def _first_evidence(model: dict) -> dict:
+    """An independent model's verdict against the first reference clone's evidence."""
+    return next(value for key, value in model.items() if key.startswith("with_"))
+
+
+def ownership_markdown(results: dict) -> str:
+    """The proof-of-theft tables (benchmarks/results/ownership.json, benchmarks.ownership)."""
+    rate = results["watermark"]["rate"]
+    benign = [r for r in results["benign"] if r["rate"] is not None]
+    default = next(r for r in benign if r["rate"] == rate)
+    gate_only = benign[0]["label_accuracy"]
+    clones, population, removal = results["clones"], results["population"], results["removal"]
+    strong = [c for c in clones if c["queries"] >= 5_000 and c["spec"]["pool"] == "mnist-train"]
+    missed = [c["name"] for c in strong if not c["derived"]]
+    firsts = [_first_evidence(m) for m in population]
+    alpha = results["alpha"]
+    passive = results["passive"]
+    storage = results["storage"]
+    header = [
+        "suspect",
+        "attacker's queries",
+        "clone accuracy",
+        "watermarked answers it got",
+        "watermark p",
+        "fingerprint p",
+        "verdict p",
+        "verdict",
+    ]
+    clone_rows = []
+    for row in clones:
+        spec = row["spec"]
+        label = f"{spec['strategy']}, {spec['output']}, {spec['pool']}, {spec['arch']}"
+        label += ", self-training" if spec["self_training"] else ""
+        label += f", r = {spec['rate']:g}" if spec["rate"] != rate else ""
+        label += f", **{spec['keys']} keys (Sybil)**" if spec["keys"] > 1 else ""
+        clone_rows.append(
+            f"| {label} | {row['queries']:,} | {row['accuracy']:.2%} | {row['flips_recorded']} | "
+            + _ownership_cells(row)
+        )
+    removal_rows = [
+        f"| {row['base']} then **{row['attack']}** | | {row['accuracy']:.2%} | | " + _ownership_cells(row)
+        for row in removal
+    ]
+    population_rows = [
+        f"| independent: {m['name']} | | {m['accuracy']:.2%} | | " + _ownership_cells(_first_evidence(m))
+        for m in population
+    ]
+    lines = [
+        f"Watermark rate r = {rate:g} (keyed per client and image, group-consistent flips, the runner-up class "
+        f"kept as the victim's); verification spends at most {results['verification_budget']['max_queries']:,} queries "
+        f"on a suspect; decision at p < {alpha:g}.",
+        "",
+        f"- **Benign cost:** a benign client's MNIST-test stream, label answers: {gate_only:.2%} through the OOD "
+        f"gate alone, {default['label_accuracy']:.2%} with the watermark at r = {rate:g} "
+        f"(**{100 * (gate_only - default['label_accuracy']):.2f} pp**).",
+        f"- **Clones from >= 5,000 mnist-train queries verified: {sum(c['derived'] for c in strong)} of "
+        f"{len(strong)}**"
+        + (f" (not: {', '.join(missed)})" if missed else "")
+        + f"; largest verdict p {_p(max(c['p_value'] for c in strong))}; at most "
+        f"{max(c.get('verify_queries', 0) for c in clones):,} queries to a suspect.",
+        f"- **Independent models verified: {sum(f['derived'] for f in firsts)} of {len(firsts)}**; smallest p "
+        f"over every clone's evidence {_p(min(m['smallest_p_over_all_evidence'] for m in population))} "
+        f"(watermark test alone {_p(min(m['smallest_watermark_p_over_all_evidence'] for m in population))}).",
+        f"- **Passive fingerprint** (no answer changed), the 60,000-query clone against the independent "
+        f"population: AUROC {passive['fingerprint_all']['auroc_clone_60k']:.3f}, p "
+        f"{_p(passive['fingerprint_all']['clone_60k_p_vs_population'])}; the natural-error baseline (the victim's "
+        f"own test errors): AUROC {passive['natural_errors']['auroc_clone_60k']:.3f}.",
+        f"- **Storage:** {storage['sqlite_bytes_per_record']:,.0f} bytes per record in SQLite, "
+        f"{storage['sqlite_mb_per_million_queries']:.1f} MB per million queries at r = {storage['rate']:g}.",
+        "",
+        table(header, []),
+    ]
+    lines += clone_rows + removal_rows + population_rows
+    lines += [
+        "",
+        "| flip rate r | benign label accuracy | lost (pp) | runner-up as the victim's |",
+        "|---|---|---|---|",
+    ]
+    for row in benign:
+        lost = 100 * (gate_only - row["label_accuracy"])
+        lines.append(f"| {row['rate']:g} | {row['label_accuracy']:.2%} | {lost:.2f} | {row['runner_up_kept']:.1%} |")
+    lines += [
+        "",
+        "| passive evidence | inputs | 60k clone | independent (mean / max) | AUROC 60k clone "
+        "| AUROC clones >= 5k | p (60k clone vs population) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in passive.items():
+        spread = row["population_rates"]
+        lines.append(
+            f"| {key} | {row['size']} | {row['clone_60k_rate']:.1%} | {spread['mean']:.1%} / {spread['max']:.1%} | "
+            f"{row['auroc_clone_60k']:.3f} | {row['auroc_all_clones_5k_up']:.3f} | "
+            f"{_p(row['clone_60k_p_vs_population'])} |"
+        )
+    forms = ("previous_form", "equal_weights", "no_neighbours")
+    lines += [
+        "",
+        "<details><summary>What each part of the test buys (the same clones, other forms of the test)</summary>",
+        "",
+        "| clone (>= 5,000 mnist-train queries) | records + 500 probes, Bonferroni | one test, equal weights "
+        "| one test, no neighbours | this test |",
+        "|---|---|---|---|---|",
+    ]
+    for row in strong:
+        ablation = row["ablation"]
+        lines.append(
+            f"| {row['name']} | {_p(ablation['previous_form'])} | {_p(ablation['equal_weights'])} | "
+            f"{_p(ablation['no_neighbours'])} | {_p(row['p_value'])} |"
+        )
+    lines.append(
+        "| verified at p < 1e-6 | "
+        + " | ".join(f"{sum(r['ablation'][f] < alpha for r in strong)} of {len(strong)}" for f in forms)
+        + f" | {sum(r['p_value'] < alpha for r in strong)} of {len(strong)} |"
+    )
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+def readme_ownership(results: Results) -> str:
+    record = results.get("ownership.json")
+    if record is None:
+        return f"Not yet measured: `{OWNERSHIP_COMMAND}` writes `benchmarks/results/ownership.json`."
+    return ownership_markdown(record) + "\n\n" + source(record["provenance"], "`benchmarks/results/ownership.json`")
+
+
+def readme_startup(results: Results) -> str:
+    """benchmarks/results/startup.json (benchmarks.startup): `mea --help` in fresh processes, before and now."""
+    record = results["startup.json"]
+    trees = record["trees"]
+    now_name = next(name for name, tree in trees.items() if tree["dirty"] or name == "working tree")
+    before_name = next(name for name in trees if name != now_name)
+    now, before = trees[now_name]["commands"], trees[before_name]["commands"]
+    rows = [
+        [f"`{command}`", f"{before[command]['median_s']:.3f} s", f"{now[command]['median_s']:.3f} s"]
+        for command in now
+        if command in before
+    ]
+    load = record["machine"]["load_average_before"][0]
+    cores = record["machine"]["cpus"]
+    busy = " (**a busy machine: the times are inflated**)" if load >= 0.25 * cores else ""
+    help_ratio = before["mea --help"]["median_s"] / now["mea --help"]["median_s"]
+    return "\n".join(
+        [
+            table(["command (median wall time of fresh processes)", f"before (revision {before_name})", "now"], rows),
+            "",
+            f"`mea --help` starts {help_ratio:.0f}x faster. <sub>From `benchmarks/results/startup.json`, written by "
+            f"`{record['command']}` on {record['date'][:16].replace('T', ' ')} UTC ({cores} cores, 1-minute load "
+            f"{load:.1f} at the start{busy}).</sub>",
+        ]
+    )
+
+
+# --- README.md: the attack suite -----------------------------------------------------------------
+
+
+def readme_attack_curves(results: Results) -> str:
+    record = results["attack_curves.json"]
+    summary = record["summary"]
+    budgets = sorted({row["budget"] for row in summary})
+    curves = sorted({row["curve"] for row in summary})
+    cells = {(row["curve"], row["budget"]): row for row in summary}
+    rows = []
+    for curve in curves:
+        line = [curve]
+        for budget in budgets:
+            row = cells.get((curve, budget))
+            if row is None:
+                line.append("")
+            elif row["fidelity_std"] is None:
+                line.append(f"{100 * row['fidelity_mean']:.2f} (1 seed)")
+            else:
+                line.append(f"{100 * row['fidelity_mean']:.2f} ± {100 * row['fidelity_std']:.2f}")
+        rows.append(line)
+    provenance = record["provenance"]
+    seeds = record["seeds"]
+    return "\n".join(
+        [
+            table(["curve (fidelity %, mnist-train pool)", *(count(b) for b in budgets)], rows),
+            "",
+            f"Mean ± sample standard deviation over {seeds} seeds ({provenance['trials_finished']} of "
+            f"{provenance['trials_planned']} trials finished); a defended trial of seed s meets the noise key of "
+            "draw s.",
+            "",
+            source(provenance, "`benchmarks/results/attack_curves.json` (trials in `attack_curves.jsonl`)"),
+        ]
+    )
+
+
+def readme_attack_findings(results: Results) -> str:
+    summary = results["attack_curves.json"]["summary"]
+    cells = {(row["curve"], row["budget"]): row for row in summary}
+
+    def fid(curve: str, budget: int) -> str:
+        row = cells.get((curve, budget))
+        return "n/a" if row is None else f"{100 * row['fidelity_mean']:.2f}%"
+
+    budgets = sorted({b for c, b in cells if c.startswith("random")})
+    jbda = sorted({b for c, b in cells if c.startswith("jbda")})
+    top = jbda[-1] if jbda else None
+    gap = max(
+        100
+        * (cells["random, probabilities", b]["fidelity_mean"] - cells["public labels, no queries", b]["fidelity_mean"])
+        for b in budgets
+    )
+    lines = [
+        "- **Few queries suffice.** Active selection (uncertainty + k-center) with self-training: "
+        + " / ".join(fid("active, probabilities", b) for b in budgets)
+        + f" fidelity at {' / '.join(count(b) for b in budgets)} probability queries; label-only "
+        + " / ".join(fid("active, label", b) for b in budgets)
+        + ". Random selection with the same training: "
+        + " / ".join(fid("random, probabilities", b) for b in budgets)
+        + ".",
+        "- **The value of stealing is small when the attacker already holds labelled data.** The zero-query "
+        "reference (the same training on as many public labelled images): "
+        + " / ".join(fid("public labels, no queries", b) for b in budgets)
+        + f", within {gap:.1f} points of random stealing at every budget. What stealing buys is fidelity to "
+        "*this* victim, and active selection buys most of it.",
+    ]
+    if top is not None:
+        lines.append(
+            f"- **JBDA** from 150 seeds, label-only, {count(top)} labels: {fid('jbda, label', top)} (targeted "
+            f"{fid('jbda-tr, label', top)}); through the defense {fid('jbda, label, defended', top)} / "
+            f"{fid('jbda-tr, label, defended', top)}. Papernot et al. 2017 report a substitute of about 81% on "
+            "MNIST after six rounds (150 x 2^6 = 9,600 labels); that figure is quoted from the paper's table as "
+            "recalled, not re-checked here."
+        )
+    defended = sorted(b for c, b in cells if c == "random, probabilities, defended")
+    if defended:
+        lines.append(
+            "- **The defense does not slow an in-distribution attacker**: random probabilities at "
+            + " and ".join(count(b) for b in defended)
+            + " queries give "
+            + " / ".join(fid("random, probabilities, defended", b) for b in defended)
+            + " against the defended victim, "
+            + " / ".join(fid("random, probabilities", b) for b in defended)
+            + " undefended; quotas bound it."
+        )
+    return "\n".join(lines)
+
+
+ADAPTIVE_ROWS = (
+    ("random fashion-mnist", "random Fashion-MNIST"),
+    ("random fashion-mnist + repeat averaging x4", "... + repeat each query 4x and average"),
+    ("random fashion-mnist + jitter consensus x3", "... + 3 jittered copies, keep only consistent answers"),
+    ("jbda-tr, label-only, 150 seeds", "JBDA-TR, label-only, 150 MNIST seeds"),
+    ("jbda-tr + 4:1 cover traffic of mnist-train", "... hidden in 4:1 cover traffic of natural MNIST"),
+    ("random mnist-train (in-distribution)", "random `mnist-train` (in-distribution)"),
+)
+
+
+def readme_adaptive(results: Results) -> str:
+    record = results["adaptive_attackers.json"]
+    cells = {(row["attacker"], row["defender"]): row for row in record["summary"]}
+    draws = max(row["draws"] for row in record["summary"])
+    rows = []
+    for attacker, label in ADAPTIVE_ROWS:
+        line = [label]
+        for defender in ("none", "defended oracle", "service gate"):
+            row = cells.get((attacker, defender))
+            if row is None:
+                line.append("")
+                continue
+            text = pm(row["clone_accuracy"])
+            notes = []
+            kept, spent = row["answers_kept"], row["queries_spent"]
+            if kept["mean"] < spent["mean"] and defender != "service gate":
+                notes.append(f"kept {count(kept['mean'])} of {count(spent['mean'])} answers")
+            refusals = row["refused_after"]
+            if defender == "service gate":
+                if any(r is not None for r in refusals):
+                    notes.append(f"refused {_after(refusals)}")
+                elif all(f is None for f in row["prada_flagged_at"]):
+                    notes.append("never flagged")
+            line.append(text + (f" ({'; '.join(notes)})" if notes else ""))
+        rows.append(line)
+    budgets = sorted({row["budget"] for row in record["summary"]})
+    return "\n".join(
+        [
+            table(["attacker", "no defense", "defended oracle", "service gate"], rows),
+            "",
+            f"Clone accuracy on MNIST test, mean ± sample standard deviation over {draws} draws (attacker seed d, "
+            f"noise key of draw d); budgets {' and '.join(count(b) for b in budgets)} queries.",
+            "",
+            source(record["provenance"], "`benchmarks/results/adaptive_attackers.json`"),
+        ]
+    )
+
+
+def readme_adaptive_findings(results: Results) -> str:
+    record = results["adaptive_attackers.json"]
+    cells = {(row["attacker"], row["defender"]): row for row in record["summary"]}
+
+    def acc(attacker: str, defender: str) -> str:
+        return pm(cells[attacker, defender]["clone_accuracy"])
+
+    plain, repeat, jitter = (a for a, _ in ADAPTIVE_ROWS[:3])
+    jbda, cover = ADAPTIVE_ROWS[3][0], ADAPTIVE_ROWS[4][0]
+    kept = cells[jitter, "defended oracle"]["answers_kept"]["mean"]
+    repeated = cells[repeat, "defended oracle"]["answers_kept"]["mean"]
+    gate = cells[jbda, "service gate"]
+    covered = cells[cover, "service gate"]
+    hidden = "never flagged" if all(f is None for f in covered["prada_flagged_at"]) else "flagged"
+    return "\n".join(
+        [
+            "- **Repeating** a query returns the identical keyed answer, so averaging buys nothing: "
+            f"{acc(repeat, 'defended oracle')} with repeats (from {count(repeated)} distinct images) against "
+            f"{acc(plain, 'defended oracle')} without.",
+            "- **Jitter consensus**: misinformation keyed per exact input gives each jittered copy a different "
+            f"wrong class, so the attacker can find and drop poisoned answers. It keeps {count(kept)} images on "
+            f"average and gets {acc(jitter, 'defended oracle')}, against {acc(jitter, 'none')} undefended. A "
+            "defense that wanted to stop even that would key the noise on a coarser, jitter-invariant hash of "
+            "the image.",
+            f"- **JBDA** steps from MNIST digits mostly stay in distribution for this detector "
+            f"({acc(jbda, 'defended oracle')} through the defended oracle); the service gate refuses the stream "
+            f"{_after(gate['refused_after'])}, by which time the clone has "
+            f"{acc(jbda, 'service gate')}. **Cover traffic**: {acc(cover, 'service gate')} through the service gate "
+            f"({hidden}); "
+            "but the cover images are natural MNIST, which alone would steal the model.",
+            "- The **in-distribution attacker** is untouched by every layer, as the defense section says.",
+        ]
+    )
+
+
+# --- README.md: sweeps, the ART comparison, the quick start --------------------------------------
+
+
+def readme_sweep_timings(results: Results) -> str:
+    record = results["sweep_timings.json"]
+    twenty = record["twenty"]
+    parts = [f"locally {twenty['local']['wall_s']:.1f} s"]
+    if "ray" in twenty:
+        same = "identical" if twenty.get("identical_records") else "**different**"
+        parts.append(
+            f"on a local Ray instance {twenty['ray']['wall_s']:.1f} s (mostly Ray's start-up), with {same} records "
+            "apart from timings"
+        )
+    text = (
+        f"The test suite's 20-trial sweep (`mlp` clones, 300-400 queries, half of them defended, 5 seeds) on one "
+        f"worker took {', and '.join(parts)}; rerunning it took {twenty['rerun_local_wall_s']:.1f} s and ran nothing."
+    )
+    if "budgets" in record:
+        budgets = record["budgets"]
+        text += (
+            f" The budget sweep below: {budgets['trials']} trials ({budgets['base']['train']['epochs']} epochs, at "
+            f"least {budgets['base']['train']['min_steps']} steps, no self-training) in {budgets['wall_s']:.0f} s on "
+            "one worker."
+        )
+    return "\n".join([text, "", source(record["provenance"], "`benchmarks/results/sweep_timings.json`", timed=True)])
+
+
+def readme_art_summary(results: Results) -> str:
+    record = results["benchmarks_full.json"]
+    cells = _clone_cells(record)
+    rows = []
+    for (queries, output, attacker), cell in cells.items():
+        if attacker != "mea random":
+            continue
+        art = cells[queries, output, "ART CopycatCNN"]
+        rows.append(
+            [
+                count(queries),
+                output,
+                f"{pm(cell['accuracy'], 2)} in {cell['time_s']:.1f} s",
+                f"{pm(art['accuracy'], 2)} in {art['time_s']:.1f} s",
+            ]
+        )
+    defense = _defense_cells(record)
+    names = list(dict.fromkeys(key[0] for key in defense))
+    ours = next(name for name in names if name.startswith("mea"))
+    art_names = [
+        n for n in names if n.startswith("ART") and defense[n, "mnist-train", "probabilities"]["benign"]["mean"] >= 0.9
+    ]
+    broken = [n for n in names if defense[n, "mnist-train", "probabilities"]["benign"]["mean"] < 0.9]
+
+    def rng(output: str) -> str:
+        values = [defense[n, "fashion-mnist", output]["accuracy"]["mean"] for n in art_names]
+        return f"{100 * min(values):.0f}-{100 * max(values):.0f}%"
+
+    queries = record["defenses"]["queries"]
+    ours_cells = {o: defense[ours, "fashion-mnist", o] for o in OUTPUT_NAMES}
+    none_cells = {o: defense["none", "fashion-mnist", o] for o in OUTPUT_NAMES}
+    in_dist = [defense[n, "mnist-train", o]["accuracy"]["mean"] for n in names if n not in broken for o in OUTPUT_NAMES]
+    naive = record["clone"]["art_on_logits"]
+    study = record["study"]["rows"]
+    benign_cost = (
+        defense["none", "mnist-train", "probabilities"]["benign"]["mean"]
+        - defense[ours, "mnist-train", "probabilities"]["benign"]["mean"]
+    )
+    slower = study["study best"]["time_s"] / study["mea default"]["time_s"]
+    text = [
+        table(["queries", "answers", "mea", "ART CopycatCNN"], rows),
+        "",
+        f"ART's probability attack works only when the victim wrapped for ART ends in a softmax: around a "
+        f"logit-answering victim, CopycatCNN(use_probability=True) trains on logits as probabilities and reaches "
+        f"{pct(naive['accuracy'])}. ART's thief: Adam, batch {record['clone']['art_thief']['batch_size_fit']}, "
+        f"LR {record['clone']['art_thief']['lr']:g}. Against the same attack ({count(queries)} queries), this "
+        f"project's OOD-gated defense holds a Fashion-MNIST attacker to "
+        f"{pm(ours_cells['probabilities']['accuracy'])} (probabilities) "
+        f"and {pm(ours_cells['label']['accuracy'])} (labels) for "
+        f"{100 * benign_cost:.2f} points of benign accuracy; ART's postprocessors leave it "
+        f"{rng('probabilities')} and {rng('label')} "
+        f"(undefended: {pm(none_cells['probabilities']['accuracy'])} and {pm(none_cells['label']['accuracy'])})",
+    ]
+    for name in broken:
+        text[-1] += (
+            f", and its {name.removeprefix('ART ')}, as shipped, answers a batch with every row's top class in "
+            f"every row (benign accuracy {pct(defense[name, 'mnist-train', 'probabilities']['benign']['mean'])})"
+        )
+    text[-1] += (
+        f". No defense that keeps benign users served stops the in-distribution attacker "
+        f"({100 * min(in_dist):.1f}-{100 * max(in_dist):.1f}%). The study's best training configuration reaches "
+        f"{pct(study['study best']['accuracy'])} in {slower:.1f}x the default's time "
+        f"({study['study best']['time_s']:.1f} s vs {study['mea default']['time_s']:.1f} s, "
+        f"default {pct(study['mea default']['accuracy'])}); LeNet-5 inference runs at "
+        f"{pct(record['limits']['inference_fraction_of_peak'], 0)} of this machine's measured peak matmul FLOP/s."
+    )
+    text += ["", source(record["provenance"], "`benchmarks/results/benchmarks_full.json`", timed=True)]
+    return "\n".join(text)
+
+
+def readme_quickstart(results: Results) -> str:
+    record = results.get("quickstart.json")
+    if record is None:
+        return "(`python -m benchmarks.quickstart` times it.)"
+    cores = record["provenance"]["machine"]["cores"]
+    text = f"`mea demo` took {record['demo']['wall_s'] / 60:.1f} min on {cores} cores"
+    text += _load_note(record["demo"]["load_average_1min"], cores)
+    if "tests" in record:
+        text += f"; the test command {record['tests']['pytest']['wall_s'] / 60:.1f} min"
+    return text + f" ({record['provenance']['date']}, `python -m benchmarks.quickstart`)."
+
+
+def _full(function: Callable[[dict], str]) -> Callable[[Results], str]:
+    def block(results: Results) -> str:
+        return function(results["benchmarks_full.json"])
+
+    return block
+
+
+BLOCKS: dict[str, Callable[[Results], str]] = {
+    "benchmarks-header": _full(bench_header),
+    "benchmarks-clone": _full(bench_clone),
+    "benchmarks-art-timing": bench_art_timing,
+    "benchmarks-study": _full(bench_study),
+    "benchmarks-defenses": _full(bench_defenses),
+    "benchmarks-limits": _full(bench_limits),
+    "quickstart": readme_quickstart,
+    "startup": readme_startup,
+    "victim": readme_victim,
+    "default-attack": readme_default_attack,
+    "time-to-98": readme_time_to_98,
+    "training-loop": readme_training_loop,
+    "seed-table": readme_seed_table,
+    "defense-table": readme_defense_table,
+    "detector": readme_detector,
+    "defense-findings": readme_defense_findings,
+    "in-distribution": readme_in_distribution,
+    "prada": readme_prada,
+    "serve-throughput": readme_serve_throughput,
+    "detector-overhead": readme_detector_overhead,
+    "load-fault": readme_load_fault,
+    "ownership": readme_ownership,
+    "attack-curves": readme_attack_curves,
+    "attack-findings": readme_attack_findings,
+    "adaptive": readme_adaptive,
+    "adaptive-findings": readme_adaptive_findings,
+    "sweep-timings": readme_sweep_timings,
+    "art-summary": readme_art_summary,
+}
