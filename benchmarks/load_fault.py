@@ -42,22 +42,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import orjson
 
 from benchmarks.provenance import RESULTS, Provenance
+from benchmarks.serve_throughput import json_request
 from mea.data import load
 from mea.serve.client import binary_infer_request
 from mea.serve.process import Server, create_key, start_server, stop_all
 
 INFER = "/v2/models/lenet-mnist/infer"
-
-
-def json_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    body = orjson.dumps(
-        {"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32", "data": images.reshape(-1)}]},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
-    return body, {"Content-Type": "application/json"}
 
 
 def bomb(values: int, number: bytes) -> bytes:

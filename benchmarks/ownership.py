@@ -50,7 +50,7 @@ from mea.oracle import VictimOracle, parse_output
 from mea.ownership.clients import RecordingClient, SybilClient
 from mea.ownership.config import DEFAULT_RATE, Budget, FingerprintConfig, WatermarkWeights
 from mea.ownership.evidence import EvidenceSet, EvidenceStore, load_evidence
-from mea.ownership.fingerprint import CONFERRABLE, ERROR, Fingerprint, make_fingerprint, train_reference
+from mea.ownership.fingerprint import CONFERRABLE, ERROR, Fingerprint, fingerprint_victim, train_reference
 from mea.ownership.suspects import ModelSuspect
 from mea.ownership.verify import (
     Verdict,
@@ -471,17 +471,7 @@ def evaluate(victim_dir: Path, defense_dir: Path, threads: int) -> dict:
     # The fingerprint, from the owner's own references (seeds apart from the population's).
     fp_path = CACHE / "fingerprint.safetensors"
     if not fp_path.exists():
-        train = mnist("train")
-        splits = victim.splits
-        fingerprint = make_fingerprint(
-            victim.model,
-            victim.fingerprint,
-            train.images[splits.victim_train],
-            train.labels[splits.victim_train],
-            train.images[splits.calibration],
-            train.labels[splits.calibration],
-            FingerprintConfig(seed=1000),
-        )
+        fingerprint = fingerprint_victim(victim, mnist("train"), FingerprintConfig(seed=1000))
         fp_path.parent.mkdir(parents=True, exist_ok=True)
         fingerprint.save(fp_path)
     fingerprint = Fingerprint.load(fp_path)

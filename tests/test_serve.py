@@ -102,8 +102,12 @@ def test_inference_answers_like_the_victim(service, key, victim, data_dir):
     probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(16, 10)
     assert outputs["probabilities"]["shape"] == [16, 10] and outputs["label"]["datatype"] == "INT64"
     expected = torch.softmax(victim.model(torch.from_numpy(images)), 1).detach().numpy()
-    in_distribution = np.isclose(probabilities, expected, atol=1e-5).all(1)
-    assert in_distribution.mean() > 0.8  # MNIST test: (almost) never flagged, answered exactly
+    # MNIST test is (almost) never flagged: answered with the victim's own values, except that the
+    # watermark's runner-up mark swaps two of the classes below the top one (and a keyed few in a
+    # thousand are flipped): the top class and the set of values are the victim's.
+    same_top = probabilities.argmax(1) == expected.argmax(1)
+    same_values = np.isclose(np.sort(probabilities, 1), np.sort(expected, 1), atol=1e-5).all(1)
+    assert (same_top & same_values).mean() > 0.8
     assert outputs["label"]["data"] == probabilities.argmax(1).tolist()
     # UINT8 pixels, the flat [B, 784] layout and a Bearer token reach the same answer.
     uint8 = (images * 255).round().astype(np.uint8)
@@ -535,7 +539,7 @@ def test_a_refused_client_stays_refused_after_the_server_is_killed_and_restarted
         # An all-OOD stream is refused by the batch that takes it to 200 queries.
         assert _until_refused(server.url, thief, _fashion_batches(data_dir)) == [200, 200, 200, 403]
         with sqlite3.connect(db) as connection:
-            before = connection.execute("SELECT * FROM client_state ORDER BY key_id").fetchall()
+            before = connection.execute("SELECT key_id, level FROM client_state ORDER BY key_id").fetchall()
         server.stop(signal.SIGKILL)  # no graceful shutdown: what was committed is all there is
         server = start_server(
             victim_dir, db, log, "--defense", str(defense_dir), data_dir=data_dir, port=int(server.url.rsplit(":")[-1])
@@ -548,7 +552,7 @@ def test_a_refused_client_stays_refused_after_the_server_is_killed_and_restarted
             levels = dict(connection.execute("SELECT key_id, level FROM client_state").fetchall())
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert levels == {_key_id(thief): 2, _key_id(benign): 0}
-        assert [row[2] for row in before] == [levels[row[0]] for row in before]
+        assert dict(before) == levels
     finally:
         stop_all(server)
 

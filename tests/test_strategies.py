@@ -79,14 +79,20 @@ def test_bad_strategy_settings_get_clear_errors(victim, pool):
 
 
 def test_active_selection_beats_random_at_a_small_budget(victim, pool, test_images):
+    """At 100 queries, averaged over four seeds.  The margin's basis: the mean gain over seeds 0-3
+    measured 0.036 (1 thread) and 0.041 (2 threads), over seeds 0-7 0.030, the weakest 4-seed window
+    0.025, single seeds from 0.002 to 0.057; so one seed, or 200 queries (mean gain 0.008), is too
+    close to call, and a mean gain of 0.01 holds with room across seeds and thread counts."""
     train = TrainConfig(epochs=1, batch_size=64, min_steps=150)
-    for seed in (0, 1):
+    gains = []
+    for seed in range(4):
         scores = {}
         for name in ("random", "active"):
-            oracle = VictimOracle(victim.model, budget=200)
-            result = extract(oracle, pool, make_strategy(name), 200, train=train, seed=seed, progress=False)
+            oracle = VictimOracle(victim.model, budget=100)
+            result = extract(oracle, pool, make_strategy(name), 100, train=train, seed=seed, progress=False)
             scores[name] = fidelity(result.clone, victim, test_images)
-        assert scores["active"] > scores["random"] + 0.01, scores
+        gains.append(scores["active"] - scores["random"])
+    assert sum(gains) / len(gains) > 0.01, gains
 
 
 def test_self_training_on_the_unqueried_pool_raises_fidelity(victim, pool, test_images):

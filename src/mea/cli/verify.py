@@ -286,21 +286,10 @@ def fingerprint_make(victim_dir, out, references, surrogates, epochs, size, epsi
         raise MeaError(f"{out} exists; choose another --out or pass --force to replace it")
     use_threads()
     from mea.data import load
-    from mea.ownership.fingerprint import make_fingerprint
+    from mea.ownership.fingerprint import fingerprint_victim
     from mea.victim import load_victim
 
-    victim = load_victim(victim_dir)
-    train = load("mnist", "train", data_dir)
-    splits = victim.splits
-    made = make_fingerprint(
-        victim.model,
-        victim.fingerprint,
-        train.images[splits.victim_train],
-        train.labels[splits.victim_train],
-        train.images[splits.calibration],
-        train.labels[splits.calibration],
-        config,
-    )
+    made = fingerprint_victim(load_victim(victim_dir), load("mnist", "train", data_dir), config)
     out.parent.mkdir(parents=True, exist_ok=True)
     made.save(out)
     rates = ", ".join(f"{m / len(made):.1%}" for m in made.reference_matches)

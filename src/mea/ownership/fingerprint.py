@@ -37,11 +37,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mea import models
+from mea.data.datasets import ImageSet
 from mea.errors import ArtifactError
 from mea.models import NUM_CLASSES, as_input
 from mea.ownership.config import FingerprintConfig
 from mea.seeding import derive_seed, generator
 from mea.training import LabelLoss, TrainConfig, fit, predict_logits
+from mea.victim import Victim
 
 FORMAT = "mea-fingerprint-v1"
 ERROR, CONFERRABLE = 0, 1
@@ -217,6 +219,21 @@ def train_references(
     for even, odd in zip(pairs[0::2], pairs[1::2], strict=True):
         ordered += [even[0], odd[0], even[1], odd[1]]
     return ordered
+
+
+def fingerprint_victim(victim: Victim, train: ImageSet, config: FingerprintConfig) -> Fingerprint:
+    """`make_fingerprint` for a `mea` victim: references trained on the victim's own training split,
+    conferrable examples made from its calibration split (both the owner's data, never the attacker's)."""
+    splits = victim.splits
+    return make_fingerprint(
+        victim.model,
+        victim.fingerprint,
+        train.images[splits.victim_train],
+        train.labels[splits.victim_train],
+        train.images[splits.calibration],
+        train.labels[splits.calibration],
+        config,
+    )
 
 
 def make_fingerprint(
