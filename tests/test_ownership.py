@@ -689,6 +689,8 @@ def test_evidence_export_and_fingerprint_make(theft, victim_dir, tmp_path, data_
         "1",
         "--size",
         "20",
+        "--epochs",
+        "1",
         "--data-dir",
         str(data_dir),
     )
