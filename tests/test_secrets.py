@@ -98,3 +98,5 @@ def test_an_attack_over_http_writes_no_key(server, victim_dir, data_dir, tmp_pat
     assert _files_containing(out, [token, secret]) == []
     assert token not in done.stdout + done.stderr and secret not in done.stdout + done.stderr
     assert token not in server.logs() and secret not in server.logs()
+    stored = [path for path in server.db.parent.iterdir() if path.name.startswith(server.db.name)]
+    assert stored and not [path for path in stored if secret.encode() in path.read_bytes()]  # the db, its WAL
