@@ -47,7 +47,9 @@ def test_no_input_produces_a_server_error(served):
     )
     failures: list[str] = []
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: the same 300 cases every run (a failure reproduces); the bugs a random run found
+    # have their own regression tests (test_serve.py).
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(case=strategy)
     def check(case):
         for headers in ({}, {"X-API-Key": token}):

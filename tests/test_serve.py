@@ -357,6 +357,10 @@ def test_more_values_than_the_declared_shape_are_refused_before_parsing(service,
     # More than the largest batch (64 images here) could need: refused as too large.
     beyond_batch = httpx.post(f"{service.url}{INFER}", content=bomb(60_000), headers=headers)
     assert beyond_batch.status_code == 413, beyond_batch.text
+    # A shape whose product overflows 64 bits (found by the schema fuzzer): a 400, not a 500.
+    huge = b'{"inputs": [{"name": "x", "shape": [99999999999, 99999999999], "datatype": "FP32", "data": [0]}]}'
+    overflow = httpx.post(f"{service.url}{INFER}", content=huge, headers=headers)
+    assert overflow.status_code == 400, overflow.text
 
 
 def test_binary_size_mismatch_and_compressed_bodies(service, key, data_dir):

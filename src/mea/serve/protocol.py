@@ -10,6 +10,7 @@ that says what to send instead.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,7 @@ def _check_value_count(header: bytes, max_batch: int) -> None:
         except ValueError:
             dims = []
         if dims and all(d > 0 for d in dims):
-            allowed = min(allowed, int(np.prod(dims, dtype=np.int64)))
+            allowed = min(allowed, math.prod(dims))  # Python ints: a huge shape cannot overflow
     values = header.count(b",") + 1
     if values > allowed + _SPARE_VALUES:
         raise _fail(
