@@ -32,6 +32,7 @@ from mea import __version__
 from mea.config import ServeConfig
 from mea.serve import metrics
 from mea.serve.console import console_router, static_files
+from mea.serve.keys import ApiKey
 from mea.serve.protocol import (
     INPUT_SHAPES,
     OUTPUTS,
@@ -203,14 +204,20 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
                 f"Content-Type {content_type!r} is not supported; send application/json or application/octet-stream"
             )
             return refused(request, None, "infer", Refusal(415, message))
-        key = await run_in_threadpool(service.authenticate, _token(request))
+
+        def lookup(token: str | None) -> tuple[ApiKey | None, bool]:
+            # One trip to the thread pool for both reads: this runs on every request.
+            key = service.authenticate(token)
+            return key, key is not None and not key.admin and service.suspended(key.id)
+
+        key, suspended = await run_in_threadpool(lookup, _token(request))
         if key is None:
             message = "missing, unknown or revoked API key; send it in the X-API-Key header"
             return refused(request, None, "infer", Refusal(401, message, {"WWW-Authenticate": "Bearer"}))
         if key.admin:
             message = "an administrator's key opens the console, not inference; send an inference key"
             return refused(request, key.id, "infer", Refusal(403, message))
-        if await run_in_threadpool(service.suspended, key.id):
+        if suspended:
             return refused(request, key.id, "infer", Refusal(403, "this API key is suspended; contact the operator"))
         header = request.headers.get("inference-header-content-length")
         limit = body_limit_of(config, binary=header is not None)
