@@ -34,12 +34,24 @@ STRATEGY_NAMES = (
     "active-kcenter",
     "knockoff-adaptive",
     "boundary",
+    "dfme",
+    "maze",
+    "dfms",
+    "dfme-aware",
 )
+# Strategies that make their own queries and train the clone while they ask; all but the
+# detector-aware one (whose prior models 150 public digits of the pool) use no pool.
+DATA_FREE_STRATEGIES = ("dfme", "maze", "dfms", "dfme-aware")
+POOL_FREE_STRATEGIES = ("dfme", "maze", "dfms")
+NO_POOL = "none"
 BACKEND_NAMES = ("local", "ray")
 # The victim's layers the detector can read (LeNet5.feature_names).
 LAYER_NAMES = ("conv1", "conv2", "fc1", "fc2", "logits")
 OUTPUT_MODES = "probabilities, top-k[:K], label, rounded[:DECIMALS]"
-POLICIES = "gaussian[:SIGMA], dirichlet[:ALPHA], misinformation[:CONFIDENCE], top1-preserving[:ALPHA]"
+POLICIES = (
+    "gaussian[:SIGMA], dirichlet[:ALPHA], misinformation[:CONFIDENCE], top1-preserving[:ALPHA], "
+    "mad[:EPSILON], mad-top1[:EPSILON]"
+)
 DEFAULT_POLICY = "misinformation:0.9"
 
 
@@ -181,7 +193,19 @@ class AttackConfig:
 
         if self.queries <= 0:
             raise ConfigError(f"queries must be a positive number of images, got {self.queries}")
-        check_pool_name(self.pool)
+        base = self.strategy.partition(":")[0]
+        if base in POOL_FREE_STRATEGIES:
+            # A data-free attacker owns no images: the default pool is dropped, a named one refused.
+            if self.pool not in (NO_POOL, AttackConfig.pool):
+                raise ConfigError(f"{self.strategy} is data-free and uses no pool; drop --pool {self.pool}")
+            object.__setattr__(self, "pool", NO_POOL)
+        else:
+            check_pool_name(self.pool)
+        if base in DATA_FREE_STRATEGIES and self.train != TrainConfig():
+            raise ConfigError(
+                f"{self.strategy} trains its clone while it queries, with its own optimiser settings; "
+                "drop the training options (--epochs, --lr, ...)"
+            )
         object.__setattr__(self, "output", parse_output(self.output).spec)
         make_strategy(self.strategy)
         models.check_arch(self.clone_arch)

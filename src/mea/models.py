@@ -110,10 +110,15 @@ def build(name: str, seed: int) -> nn.Module:
 
     Uses PyTorch's default initialisation for Conv2d and Linear, drawn from a private generator.
     """
+    return initialise(ARCHITECTURES[check_arch(name)], seed).to(memory_format=torch.channels_last)
+
+
+def initialise(make: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """`make()` with its Conv2d and Linear layers initialised from `seed` alone (PyTorch's default scheme)."""
     # Constructors draw a default initialisation from the global generator: let them draw from a
     # forked copy, so that the caller's global state is untouched, then overwrite it from ours.
     with torch.random.fork_rng(devices=[]):
-        model = ARCHITECTURES[check_arch(name)]()
+        model = make()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -122,7 +127,7 @@ def build(name: str, seed: int) -> nn.Module:
                 if module.bias is not None:
                     bound = 1.0 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(module.weight)[0])
                     nn.init.uniform_(module.bias, -bound, bound, generator=generator)
-    return model.to(memory_format=torch.channels_last)
+    return model
 
 
 def save(model: nn.Module, arch: str, path: Path) -> None:

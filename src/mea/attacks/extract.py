@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from mea import models
+from mea.attacks.data_free import DataFreeStrategy, run_data_free
 from mea.attacks.pseudo_labels import self_train
 from mea.attacks.strategy import AttackState, Strategy, TransferSet
 from mea.data.pools import Pool
@@ -35,15 +36,19 @@ class Extraction:
 
 def extract(
     oracle: Oracle,
-    pool: Pool,
-    strategy: Strategy,
+    pool: Pool | None,
+    strategy: Strategy | DataFreeStrategy,
     budget: int,
     clone_arch: str = "lenet5",
     train: TrainConfig | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> Extraction:
-    """Run `strategy` against `oracle` for at most `budget` queries and train a clone."""
+    """Run `strategy` against `oracle` for at most `budget` queries and train a clone.
+
+    A data-free strategy needs no pool (None) and trains the clone itself as it queries; `train`
+    does not apply to it.
+    """
     train = train or TrainConfig()
     models.check_arch(clone_arch)
     if budget <= 0:
@@ -53,11 +58,24 @@ def extract(
             f"the oracle has {oracle.budget - oracle.queries_used} queries left, fewer than the {budget} asked; "
             "lower --queries or raise the key's quota"
         )
+    start = time.perf_counter()
+    if isinstance(strategy, DataFreeStrategy):
+        result = run_data_free(oracle, pool, strategy, budget, clone_arch, seed, progress)
+        return Extraction(
+            result.clone,
+            result.transfer,
+            result.queries,
+            result.query_time_s,
+            result.train_time_s,
+            time.perf_counter() - start,
+            result.refused_after,
+        )
+    if pool is None:
+        raise ConfigError(f"{strategy.name} chooses its queries from a pool; name one with --pool")
     if train.true_label_weight > 0 and pool.labels is None:
         raise ConfigError(f"true-label weight > 0 needs a labelled pool; {pool.name} has no labels")
     strategy.check(pool, budget, oracle.output)
 
-    start = time.perf_counter()
     transfer = TransferSet()
     training_generator = generator(seed, "training")
     train_time = query_time = 0.0

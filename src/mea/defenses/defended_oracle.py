@@ -1,5 +1,8 @@
 """A defended victim: the same oracle interface, with flagged queries answered by a policy.
 
+Prediction poisoning (MAD) answers every query, not only flagged ones: give it as the
+`unflagged_policy`, alone (with a gate policy of the same kind) or beside the gate's misinformation.
+
 The defender reads the victim's features from the same forward pass that answers the query, so
 detection costs little beyond the victim's own work.  In-distribution queries get the exact answer;
 flagged ones get the policy's; the output mode is applied last, as the service would.  Whether a
@@ -64,6 +67,7 @@ class DefendedOracle(OracleWrapper):
         secret: bytes,
         output: OutputMode | None = None,
         watermark: Watermark | None = None,
+        unflagged_policy: Policy | None = None,
     ) -> None:
         if not isinstance(oracle, InspectableOracle):
             raise ConfigError(
@@ -79,6 +83,9 @@ class DefendedOracle(OracleWrapper):
         self._secret = secret
         self._output = output or Probabilities()
         self.watermark = watermark
+        # A policy for every query the detector passes (prediction poisoning, e.g. MAD, answers all
+        # queries); None: they get the victim's exact answer.
+        self._unflagged_policy = unflagged_policy
 
     @property
     def output(self) -> OutputMode:
@@ -122,6 +129,11 @@ class DefendedOracle(OracleWrapper):
                 answers[flipped] = self.watermark.answer(probabilities[flipped], images[flipped], client)
             if len(kept) and self.watermark.config.runner_up:
                 answers[kept] = self.watermark.mark(probabilities[kept], images[kept])
+        poisoned = ~treated & ~watermarked
+        if self._unflagged_policy is not None and poisoned.any():
+            answers = answers.clone() if answers is probabilities else answers
+            severity = torch.zeros(int(poisoned.sum()))
+            answers[poisoned] = self._unflagged_policy(answers[poisoned], images[poisoned], severity, self._secret)
         return Response(self._output(answers), flags, watermarked, victim_labels)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:

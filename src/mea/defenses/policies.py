@@ -9,6 +9,7 @@ GaussianNoise postprocessor, averages out over repeated queries.)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from typing import Protocol
 import numpy as np
 import torch
 from scipy.special import gammaincinv, ndtri
+from torch import nn
 
+from mea import models
 from mea.config import POLICIES
 from mea.errors import ConfigError
 from mea.models import NUM_CLASSES
@@ -196,14 +199,83 @@ class TopOnePreserving:
         return answers.to(probs.dtype)
 
 
+@functools.lru_cache(maxsize=4)
+def _surrogate(secret: bytes) -> nn.Module:
+    """The defender's stand-in for the attacker's clone: a LeNet-5 initialised from the secret."""
+    seed = int.from_bytes(hmac.digest(secret, b"mad-surrogate", hashlib.sha256)[:8], "big") >> 1
+    return models.build("lenet5", seed).eval()
+
+
+@dataclass(frozen=True)
+class MaximumAngularDeviation:
+    """Prediction poisoning by maximum angular deviation (Orekondy et al. 2020, "Prediction
+    Poisoning: Towards Defenses Against DNN Model Stealing Attacks", ICLR; code
+    tribhuvanesh/prediction-poisoning, `bb_mad.py`).
+
+    An attacker that trains on an answer y follows the gradient of its loss, which for the last
+    layer of its model is (q - y) h^T (q: its probabilities, h: its penultimate features).  MAD
+    answers y~ instead, within an L1 distance `epsilon` of y, chosen so that (q - y~) points as far
+    from (q - y) as it can.  The paper maximises over the Jacobian of all of a surrogate's
+    parameters; we use its last layer, whose Jacobian is closed-form, so the angle is the angle
+    between q - y and q - y~ and no backward pass is needed per query.  As in the paper the
+    surrogate is a randomly initialised copy of the attacker's likely architecture (LeNet-5, keyed
+    by the defense's secret), and the objective is maximised over the simplex's vertices e_k
+    (a convex function peaks at a vertex), then y~ = y + alpha (e_k - y) with alpha set by `epsilon`.
+    `top1`: alpha is also capped so that the victim's top-1 class stays the top-1 (MAD-argmax).
+    """
+
+    epsilon: float = 1.0
+    top1: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.epsilon <= 2:
+            raise ConfigError(f"MAD needs an L1 budget 0 < epsilon <= 2, got {self.epsilon}; e.g. --policy mad:1")
+
+    @property
+    def spec(self) -> str:
+        return f"{'mad-top1' if self.top1 else 'mad'}:{self.epsilon:g}"
+
+    @property
+    def preserves_top1(self) -> bool:
+        return self.top1
+
+    def __call__(
+        self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
+    ) -> torch.Tensor:
+        if len(probs) == 0:
+            return probs
+        with torch.inference_mode():
+            q = torch.softmax(_surrogate(secret)(models.as_input(images.float())), 1).double()
+        y = probs.double()
+        vertices = torch.eye(NUM_CLASSES, dtype=torch.float64)
+        honest = q - y  # (B, K): the attacker's last-layer gradient direction, up to h
+        poisoned = q.unsqueeze(1) - vertices.unsqueeze(0)  # (B, K vertices, K)
+        cosine = torch.nn.functional.cosine_similarity(honest.unsqueeze(1), poisoned, dim=2, eps=1e-12)
+        target = cosine.argmin(1)  # the vertex whose gradient points furthest away
+        rows = torch.arange(len(y))
+        distance = 2 * (1 - y[rows, target])  # ||e_k - y||_1
+        alpha = (self.epsilon / distance.clamp_min(1e-12)).clamp(max=1.0)
+        if self.top1:
+            top = y.argmax(1)
+            gap = y[rows, top] - y[rows, target]
+            # y~_top = (1 - a) y_top stays above y~_k = (1 - a) y_k + a while a < gap / (1 + gap).
+            cap = torch.where(target == top, torch.ones_like(gap), 0.99 * gap / (1 + gap))
+            alpha = torch.minimum(alpha, cap)
+        answers = (1 - alpha).unsqueeze(1) * y + alpha.unsqueeze(1) * vertices[target]
+        return answers.to(probs.dtype)
+
+
 def parse_policy(text: str) -> Policy:
-    """Parse ``gaussian:0.5``, ``dirichlet:1``, ``misinformation:0.9`` or ``top1-preserving:1``."""
+    """Parse ``gaussian:0.5``, ``dirichlet:1``, ``misinformation:0.9``, ``top1-preserving:1``,
+    ``mad:1`` or ``mad-top1:1``."""
     name, _, arg = text.strip().partition(":")
     kinds = {
         "gaussian": GaussianNoise,
         "dirichlet": DirichletNoise,
         "misinformation": Misinformation,
         "top1-preserving": TopOnePreserving,
+        "mad": MaximumAngularDeviation,
+        "mad-top1": lambda epsilon=1.0: MaximumAngularDeviation(epsilon, top1=True),
     }
     if name not in kinds:
         raise ConfigError(f"unknown policy {text!r}; use one of: {POLICIES}")

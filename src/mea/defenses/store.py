@@ -46,6 +46,7 @@ class Defense:
         budget: int | None = None,
         policy: Policy | None = None,
         detector: OodDetector | None = None,
+        unflagged_policy: Policy | None = None,
     ) -> DefendedOracle:
         """The defended victim as an oracle (policy and detector may be overridden, e.g. for sweeps).
 
@@ -59,6 +60,7 @@ class Defense:
             self.secret,
             output,
             watermark=None if self.watermark is None else Watermark(self.watermark),
+            unflagged_policy=unflagged_policy,
         )
 
 

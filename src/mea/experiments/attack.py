@@ -14,6 +14,7 @@ import torch
 
 from mea import __version__, models
 from mea.attacks import extract, make_strategy
+from mea.config import NO_POOL
 from mea.config import AttackConfig as AttackConfig  # re-exported
 from mea.data import load, make_pool
 from mea.metrics import agreement, classification_metrics
@@ -70,7 +71,7 @@ def run_attack(
     start = time.perf_counter()
     if out is not None:
         check_out(out, force)
-    pool = make_pool(config.pool, data_dir, seed=config.seed)
+    pool = None if config.pool == NO_POOL else make_pool(config.pool, data_dir, seed=config.seed)
     oracle = oracle or VictimOracle(victim.model, parse_output(config.output), budget=config.queries)
     extraction = extract(
         oracle,

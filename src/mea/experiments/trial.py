@@ -123,7 +123,7 @@ def _run(trial: Trial, context: TrialContext) -> dict:
         if context.defense_dir is None:
             raise ConfigError("a defended trial needs a defense directory: set defense_dir or pass --defense")
         defense = _defense(context.defense_dir, context.victim_dir)
-        oracle = _FlagCounter(_defended_oracle(defense, victim, output, trial.defense, context, trial.attack.queries))
+        oracle = FlagCounter(_defended_oracle(defense, victim, output, trial.defense, context, trial.attack.queries))
     metrics = run_attack(trial.attack, victim, context.data_dir, oracle=oracle, progress=False)
     clone = metrics["clone"]
     return {
@@ -213,7 +213,7 @@ def _benign_accuracy(context: TrialContext, settings: DefenseSettings | None, ou
     return float((answers.argmax(1) == test.labels).float().mean())
 
 
-class _FlagCounter(OracleWrapper):
+class FlagCounter(OracleWrapper):
     """The defended oracle as the attack sees it, counting how many of the attacker's queries it flags."""
 
     _oracle: DefendedOracle
