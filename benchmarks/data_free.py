@@ -240,12 +240,18 @@ def merge_and_plot() -> None:
     }
     (RESULTS / "data_free.json").write_text(json.dumps(merged, indent=2) + "\n")
     figure, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+    # Fixed per defender; where two lines coincide (MAD cannot touch a label-only attacker; the gate
+    # flags every data-free query, so MAD on the rest changes nothing), the dashes show both.
     styles = {"none": "-", "ood-gate": "--", "mad": ":", "ood-gate+mad": "-."}
+    colours = {"none": "tab:blue", "ood-gate": "tab:orange", "mad": "tab:green", "ood-gate+mad": "tab:red"}
     for axis, strategy in zip(axes, ("dfme", "maze", "dfms"), strict=True):
-        for row in (r for r in curves if r["strategy"] == strategy):
+        for row in sorted(
+            (r for r in curves if r["strategy"] == strategy), key=lambda r: DEFENDERS.index(r["defender"])
+        ):
             xs = [p["budget"] for p in row["points"]]
             ys = [100 * p["accuracy"] for p in row["points"]]
-            axis.plot(xs, ys, styles[row["defender"]], marker="o", markersize=3, label=row["defender"])
+            defender = row["defender"]
+            axis.plot(xs, ys, styles[defender], color=colours[defender], marker="o", markersize=3, label=defender)
         axis.set_xscale("log")
         axis.set_title(f"{strategy} ({'labels' if strategy == 'dfms' else 'probabilities'})")
         axis.set_xlabel("queries (log scale)")

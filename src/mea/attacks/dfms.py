@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mea.attacks.data_free import Session, check_budget, doubling_batch, strategy_rng
-from mea.attacks.generator_game import WeightAverage, clone_input_channels, clone_step
+from mea.attacks.data_free import Session, check_budget, strategy_rng
+from mea.attacks.generator_game import GameSettings, WeightAverage, clone_input_channels, clone_step
 from mea.attacks.generators import make_generator, to_images
 from mea.data.pools import Pool
 from mea.models import as_input
@@ -38,22 +38,8 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
     return -(probabilities * probabilities.clamp_min(1e-8).log()).sum(-1)
 
 
-@dataclass(frozen=True)
-class HardLabelSettings:
-    generator: str = "dfme-small"
-    batch_size: int = 64
-    max_batch: int = 256
-    double_every: int = 100_000
-    clone_steps: int = 1  # per generator step; each is a batch of queries
-    replay_steps: int = 4
-    replay_batch: int = 128
-    diversity_weight: float = 5.0  # lambda_div: class diversity against per-image boundary entropy
-    generator_lr: float = 1e-3
-    clone_lr: float = 0.05
-    average: float = 0.99
-
-    def batch_at(self, used: int) -> int:
-        return doubling_batch(self.batch_size, self.max_batch, self.double_every, used)
+# The game's schedule, replay and averaging; no probes, so `directions` and `epsilon` are unused.
+DFMS_SETTINGS = GameSettings(batch_size=64, clone_steps=1, replay_steps=4, generator_lr=1e-3)
 
 
 @dataclass(frozen=True)
@@ -61,7 +47,8 @@ class HardLabelDataFree:
     """A data-free strategy (see `mea.attacks.data_free.DataFreeStrategy`) that needs labels only."""
 
     name: str = "dfms"
-    settings: HardLabelSettings = HardLabelSettings()
+    settings: GameSettings = DFMS_SETTINGS
+    diversity_weight: float = 5.0  # lambda_div: class diversity against per-image boundary entropy
     needs_probabilities: bool = False
 
     def check(self, pool: Pool | None, budget: int, output: OutputMode) -> None:
@@ -82,7 +69,7 @@ class HardLabelDataFree:
             diversity = entropy(probabilities.mean(0))
             boundary = entropy(probabilities).mean()
             generator_opt.zero_grad()
-            (-(boundary + hp.diversity_weight * diversity)).backward()
+            (-(boundary + self.diversity_weight * diversity)).backward()
             generator_opt.step()
             student.zero_grad(set_to_none=True)  # the generator's loss went through the clone
             for _ in range(hp.clone_steps):
@@ -95,8 +82,5 @@ class HardLabelDataFree:
                 averaged.update()
 
 
-DFMS_SETTINGS = HardLabelSettings()
-
-
-def strategy(settings: HardLabelSettings = DFMS_SETTINGS) -> HardLabelDataFree:
-    return HardLabelDataFree(settings=settings)
+def strategy() -> HardLabelDataFree:
+    return HardLabelDataFree()

@@ -59,7 +59,7 @@ from mea.errors import MeaError
     "--pool",
     default=default_of(AttackConfig, "pool"),
     show_default=True,
-    help=f"Attacker's query pool: {names(POOL_NAMES)}.",
+    help=f"Attacker's query pool: {names(POOL_NAMES)}; the data-free strategies (dfme, maze, dfms) use none.",
 )
 @click.option(
     "--output",
@@ -71,7 +71,7 @@ from mea.errors import MeaError
     "--strategy",
     default=default_of(AttackConfig, "strategy"),
     show_default=True,
-    help=f"How queries are chosen: {', '.join(STRATEGY_NAMES)}.",
+    help=f"How queries are chosen: {', '.join(STRATEGY_NAMES)} (dfme-aware:WEIGHT sets its push toward digits).",
 )
 @click.option(
     "--clone-arch",

@@ -73,6 +73,13 @@ def defend() -> None:
     help=f"Answer to flagged queries: {POLICIES}.",
 )
 @click.option(
+    "--poison-all",
+    "every_query_policy",
+    default=None,
+    help="Also answer every query the detector passes through this policy: prediction poisoning, "
+    "e.g. mad-top1:1 (MAD, Orekondy et al. 2020, keeping each top-1 label) [default: exact answers].",
+)
+@click.option(
     "--watermark-rate",
     type=float,
     default=DEFAULT_WATERMARK_RATE,
@@ -89,6 +96,7 @@ def defend_fit_command(
     layers: tuple[str, ...],
     confidence: bool,
     policy: str,
+    every_query_policy: str | None,
     watermark_rate: float,
     data_dir: Path | None,
     force: bool,
@@ -98,18 +106,30 @@ def defend_fit_command(
 
     config = DetectorConfig(layers=layers, use_confidence=confidence, target_fpr=target_fpr)
     check_out(out, force)
+    if every_query_policy is not None:
+        from mea.defenses.policies import parse_policy
+
+        parse_policy(every_query_policy)  # a typo is refused before the detector is fitted
     check_victim_directory(victim_dir)
     use_threads()
     from mea.defenses.store import fit_defense
     from mea.victim import load_victim
 
     defense = fit_defense(
-        load_victim(victim_dir), out, config, policy, data_dir, force=force, watermark_rate=watermark_rate
+        load_victim(victim_dir),
+        out,
+        config,
+        policy,
+        data_dir,
+        force=force,
+        watermark_rate=watermark_rate,
+        every_query_policy=every_query_policy,
     )
     detector = defense.detector
     console().print(
         f"detector: layers {', '.join(detector.config.layers)}{' + confidence' if confidence else ''}; "
-        f"threshold {detector.threshold:.3f} at target FPR {target_fpr:g}; policy {defense.policy.spec}; "
+        f"threshold {detector.threshold:.3f} at target FPR {target_fpr:g}; policy {defense.policy.spec}"
+        f"{'' if defense.every_query_policy is None else f', every query {defense.every_query_policy.spec}'}; "
         f"watermark {'none' if defense.watermark is None else f'{defense.watermark.rate:g} of answers'}"
     )
     console().print(f"defense written to [bold]{out}[/bold]")

@@ -38,6 +38,8 @@ class Defense:
     victim_fingerprint: str
     # The served watermark (mea.ownership), keyed by a key derived from `secret`; None: none.
     watermark: WatermarkConfig | None = None
+    # Prediction poisoning for every query the detector passes (e.g. MAD); None: exact answers.
+    every_query_policy: Policy | None = None
 
     def oracle(
         self,
@@ -60,7 +62,7 @@ class Defense:
             self.secret,
             output,
             watermark=None if self.watermark is None else Watermark(self.watermark),
-            unflagged_policy=unflagged_policy,
+            unflagged_policy=unflagged_policy or self.every_query_policy,
         )
 
 
@@ -72,14 +74,17 @@ def fit_defense(
     data_dir: Path | None = None,
     force: bool = False,
     watermark_rate: float = DEFAULT_RATE,
+    every_query_policy: str | None = None,
 ) -> Defense:
     """Fit the detector on the victim's training split and calibrate it on the calibration split.
 
     `watermark_rate`: the fraction of each client's answers the served victim watermarks
-    (mea.ownership.watermark; 0 for none)."""
+    (mea.ownership.watermark; 0 for none).  `every_query_policy`: a policy for the queries the
+    detector passes too (prediction poisoning such as ``mad-top1:1``; None: exact answers)."""
     if watermark_rate:
         WatermarkConfig(b"\0" * 32, rate=watermark_rate)  # refuse a bad rate before any work
     parsed_policy = parse_policy(policy)
+    poisoning = None if every_query_policy is None else parse_policy(every_query_policy).spec
     splits = victim.splits
     start = time.perf_counter()
     with run_directory(out, force) as scratch:
@@ -96,6 +101,7 @@ def fit_defense(
                 "victim": str(victim.directory),
                 "victim_fingerprint": victim.fingerprint,
                 "policy": parsed_policy.spec,
+                "every_query_policy": poisoning,
                 "watermark": {"rate": watermark_rate} if watermark_rate else None,
                 "detector": detector.describe(),
                 "fitted_on": splits.describe()["victim_train"],
@@ -135,4 +141,6 @@ def load_defense(directory: Path, victim: Victim) -> Defense:
         secret,
         config["victim_fingerprint"],
         None if not watermark else WatermarkConfig.derived(secret, rate=watermark["rate"]),
+        # Defense directories from before prediction poisoning have none.
+        None if not config.get("every_query_policy") else parse_policy(config["every_query_policy"]),
     )
