@@ -14,7 +14,6 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -22,7 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mea import models
-from mea.attacks.strategy import TransferSet
+from mea.attacks.jbda import SYNTHETIC
+from mea.attacks.strategy import Extraction, TransferSet
 from mea.data.pools import Pool
 from mea.errors import BudgetExhausted, ConfigError, Refused
 from mea.models import NUM_CLASSES
@@ -30,10 +30,9 @@ from mea.oracle import Label, Oracle, OutputMode
 from mea.seeding import derive_seed, generator
 from mea.training import _progress_disabled
 
-SYNTHETIC = -1  # pool_index of every image a data-free attacker sends
 # Zero probabilities (top-k, rounded answers) before the logarithm: ln(1e-8) = -18.4 is far below
 # any logit a softmax classifier reports with a non-zero probability in float32.
-_FLOOR = 1e-8
+FLOOR = 1e-8
 
 
 class AttackStopped(Exception):
@@ -81,7 +80,7 @@ class Session:
     def remaining(self) -> int:
         return self._budget - self.used
 
-    def ask(self, images: torch.Tensor, remember: bool = True) -> torch.Tensor:
+    def ask(self, images: torch.Tensor) -> torch.Tensor:
         """The victim's answers to `images` (B, C, H, W) in [0, 1]; NaN rows are answers not to trust."""
         if len(images) > self.remaining:
             raise BudgetExhausted(f"a data-free step asked for {len(images)} queries with {self.remaining} left")
@@ -91,14 +90,13 @@ class Session:
             answers = self._oracle.query(images.detach())
         except Refused as refusal:
             self.refused_after = self.used
-            if refusal.answers is not None and remember:
+            if refusal.answers is not None:
                 self.replay.add(images[: len(refusal.answers)], refusal.answers)
             raise AttackStopped from refusal
         finally:
             self.query_time_s += time.perf_counter() - tick
             self._bar.update(self.used - before)
-        if remember:
-            self.replay.add(images, answers)
+        self.replay.add(images, answers)
         return answers
 
     def next_round(self, cost: int, clone: nn.Module) -> bool:
@@ -167,10 +165,15 @@ class ReplayMemory:
         return transfer
 
 
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of each probability row (the last dimension)."""
+    return -(probabilities * probabilities.clamp_min(FLOOR).log()).sum(-1)
+
+
 def approximate_logits(answers: torch.Tensor) -> torch.Tensor:
     """Logits recovered from probability answers up to a per-row constant, fixed by a zero mean
     (DFME's "mean" logit correction): log p - mean(log p)."""
-    logs = answers.clamp_min(_FLOOR).log()
+    logs = answers.clamp_min(FLOOR).log()
     return logs - logs.mean(1, keepdim=True)
 
 
@@ -228,16 +231,6 @@ def check_budget(strategy_name: str, budget: int, per_step: int, what: str) -> N
         )
 
 
-@dataclass(frozen=True)
-class DataFreeResult:
-    clone: nn.Module
-    transfer: TransferSet
-    queries: int
-    query_time_s: float
-    train_time_s: float
-    refused_after: int | None
-
-
 def run_data_free(
     oracle: Oracle,
     pool: Pool | None,
@@ -249,7 +242,7 @@ def run_data_free(
     memory: int = 100_000,
     checkpoints: tuple[int, ...] = (),
     on_checkpoint: Callable[[int, nn.Module], None] | None = None,
-) -> DataFreeResult:
+) -> Extraction:
     """Run a data-free strategy: a fresh clone from the run's seed, trained by the strategy as it queries.
 
     `on_checkpoint(b, clone)` sees the clone that a run with budget b (one of `checkpoints`) returns.
@@ -263,12 +256,13 @@ def run_data_free(
     session.finish(clone)
     clone.eval()
     elapsed = time.perf_counter() - start - session.excluded_time_s
-    return DataFreeResult(
+    return Extraction(
         clone,
         session.replay.as_transfer_set(),
         session.used,
         session.query_time_s,
         elapsed - session.query_time_s,
+        elapsed,
         session.refused_after,
     )
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mea.attacks.data_free import entropy
 from mea.attacks.dfme import DFME_SETTINGS
 from mea.attacks.generator_game import GeneratorGame, LogitL1
 from mea.data.pools import Pool
@@ -70,8 +71,7 @@ class PenaltyFn:
         """Per image: how out-of-distribution the attacker believes it looks."""
         off_manifold = residual(images, self.mean, self.basis) / self.scale
         probabilities = F.softmax(clone(as_input(images)), dim=1)
-        doubt = -(probabilities * probabilities.clamp_min(1e-8).log()).sum(1)
-        return off_manifold + doubt
+        return off_manifold + entropy(probabilities)  # doubt
 
 
 @dataclass(frozen=True)

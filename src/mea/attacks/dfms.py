@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mea.attacks.data_free import Session, check_budget, strategy_rng
-from mea.attacks.generator_game import GameSettings, WeightAverage, clone_input_channels, clone_step
+from mea.attacks.data_free import Session, check_budget, entropy, strategy_rng
+from mea.attacks.generator_game import GameSettings, WeightAverage, clone_input_channels, clone_step, replay
 from mea.attacks.generators import make_generator, to_images
 from mea.data.pools import Pool
 from mea.models import as_input
@@ -32,10 +32,6 @@ from mea.seeding import derive_seed
 def label_loss(clone_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against the answer's top-1 class, per image."""
     return F.cross_entropy(clone_logits, answers.argmax(1), reduction="none")
-
-
-def entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    return -(probabilities * probabilities.clamp_min(1e-8).log()).sum(-1)
 
 
 # The game's schedule, replay and averaging; no probes, so `directions` and `epsilon` are unused.
@@ -77,9 +73,7 @@ class HardLabelDataFree:
                     images = to_images(generator(generator.sample_codes(batch, rng)))
                 clone_step(student, clone_opt, label_loss, images, session.ask(images))
                 averaged.update()
-            for _ in range(hp.replay_steps if len(session.replay) else 0):
-                clone_step(student, clone_opt, label_loss, *session.replay.sample(hp.replay_batch, rng))
-                averaged.update()
+            replay(session, student, clone_opt, label_loss, hp, rng, averaged)
 
 
 def strategy() -> HardLabelDataFree:

@@ -8,30 +8,18 @@ builds a fresh clone from its own seed, so results at different budgets never sh
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from torch import nn
 
 from mea import models
 from mea.attacks.data_free import DataFreeStrategy, run_data_free
 from mea.attacks.pseudo_labels import self_train
-from mea.attacks.strategy import AttackState, Strategy, TransferSet
+from mea.attacks.strategy import AttackState, Extraction, Strategy, TransferSet
 from mea.data.pools import Pool
 from mea.errors import BudgetExhausted, ConfigError, Refused
 from mea.oracle import Oracle
 from mea.seeding import derive_seed, generator
 from mea.training import TrainConfig, fit
-
-
-@dataclass(frozen=True)
-class Extraction:
-    clone: nn.Module
-    transfer: TransferSet
-    queries: int
-    query_time_s: float
-    train_time_s: float
-    total_time_s: float
-    refused_after: int | None = None  # queries answered before the service refused the attacker
 
 
 def extract(
@@ -58,24 +46,15 @@ def extract(
             f"the oracle has {oracle.budget - oracle.queries_used} queries left, fewer than the {budget} asked; "
             "lower --queries or raise the key's quota"
         )
-    start = time.perf_counter()
     if isinstance(strategy, DataFreeStrategy):
-        result = run_data_free(oracle, pool, strategy, budget, clone_arch, seed, progress)
-        return Extraction(
-            result.clone,
-            result.transfer,
-            result.queries,
-            result.query_time_s,
-            result.train_time_s,
-            time.perf_counter() - start,
-            result.refused_after,
-        )
+        return run_data_free(oracle, pool, strategy, budget, clone_arch, seed, progress)
     if pool is None:
         raise ConfigError(f"{strategy.name} chooses its queries from a pool; name one with --pool")
     if train.true_label_weight > 0 and pool.labels is None:
         raise ConfigError(f"true-label weight > 0 needs a labelled pool; {pool.name} has no labels")
     strategy.check(pool, budget, oracle.output)
 
+    start = time.perf_counter()
     transfer = TransferSet()
     training_generator = generator(seed, "training")
     train_time = query_time = 0.0

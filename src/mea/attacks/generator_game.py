@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mea.attacks.data_free import (
+    FLOOR,
     Session,
     approximate_logits,
     check_budget,
@@ -65,7 +66,7 @@ class KullbackLeibler:
     """MAZE's loss: KL(victim || clone) on the probabilities."""
 
     def __call__(self, clone_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-        answers = answers.clamp_min(1e-8)
+        answers = answers.clamp_min(FLOOR)
         return (answers * (answers.log() - F.log_softmax(clone_logits, dim=1))).sum(1)
 
 
@@ -153,9 +154,7 @@ class GeneratorGame:
                     images = to_images(generator(generator.sample_codes(batch, rng)))
                 clone_step(student, clone_opt, self.disagreement, images, session.ask(images))
                 averaged.update()
-            for _ in range(hp.replay_steps if len(session.replay) else 0):
-                clone_step(student, clone_opt, self.disagreement, *session.replay.sample(hp.replay_batch, rng))
-                averaged.update()
+            replay(session, student, clone_opt, self.disagreement, hp, rng, averaged)
 
 
 def clone_input_channels(clone: nn.Module) -> int:
@@ -178,6 +177,21 @@ def clone_step(
     optimiser.zero_grad()
     loss(clone(as_input(images[kept])), answers[kept]).mean().backward()
     optimiser.step()
+
+
+def replay(
+    session: Session,
+    clone: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    loss: Disagreement,
+    settings: GameSettings,
+    rng: torch.Generator,
+    averaged: WeightAverage,
+) -> None:
+    """The round's clone steps on remembered answers (MAZE's experience replay)."""
+    for _ in range(settings.replay_steps if len(session.replay) else 0):
+        clone_step(clone, optimiser, loss, *session.replay.sample(settings.replay_batch, rng))
+        averaged.update()
 
 
 class WeightAverage:

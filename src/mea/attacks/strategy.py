@@ -44,6 +44,19 @@ class TransferSet:
 
 
 @dataclass(frozen=True)
+class Extraction:
+    """What an attack ends with: the clone, what it was trained on, and what it cost."""
+
+    clone: nn.Module
+    transfer: TransferSet
+    queries: int
+    query_time_s: float
+    train_time_s: float
+    total_time_s: float
+    refused_after: int | None = None  # queries answered before the service refused the attacker
+
+
+@dataclass(frozen=True)
 class Queries:
     """Images a strategy wants answered, with their pool rows (-1 where synthesised)."""
 
