@@ -115,11 +115,19 @@ VICTIM_WEIGHTS = "model.safetensors"
 
 
 def check_victim_directory(directory: Path) -> Path:
-    """The weights file of a victim directory, or an ArtifactError saying how to make one.
+    """The weights file of a victim (a victim directory, or a model file: mea safetensors or ONNX), or
+    an ArtifactError saying how to make one.
 
     Here rather than in mea.victim, which imports torch: the command line checks its arguments
     before it pays for that import."""
     directory = Path(directory)
+    if directory.is_file():
+        if directory.suffix not in VICTIM_FILE_SUFFIXES:
+            raise ArtifactError(
+                f"{directory} is not a victim: pass a victim directory (`mea train-victim --out DIR`), "
+                f"or a model file ending in {' or '.join(VICTIM_FILE_SUFFIXES)}"
+            )
+        return directory
     if not directory.is_dir():
         raise ArtifactError(
             f"victim directory {directory} does not exist; create it with `mea train-victim --out {directory}`"
@@ -131,6 +139,9 @@ def check_victim_directory(directory: Path) -> Path:
         )
     return weights
 
+
+# Victims as a single model file (mea.model_files): mea's safetensors, or ONNX.
+VICTIM_FILE_SUFFIXES = (".safetensors", ".onnx")
 
 REDACTED = "***"
 # Names that say a value is a credential: options (--api-key, --token, --password, --auth ...), HTTP

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mea import threads
+
 # Re-exported: the configuration lives in mea.config, free of torch, for the command line's defaults.
 from mea.config import VICTIM_TRAINING as VICTIM_TRAINING
 from mea.config import LabelLoss, Schedule, TrainConfig
@@ -30,6 +32,8 @@ from mea.models import as_input
 # Zero probabilities (top-k, label and rounded answers) become this before the logarithm, so a
 # one-hot answer turns into a smoothed target rather than an infinite one.
 _PROBABILITY_FLOOR = 1e-8
+# Training steps between two looks at the machine's load (mea.threads.readjust: about 1 ms).
+READJUST_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,9 @@ def fit(
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         running = torch.zeros(())
-        for batch in order.split(config.batch_size):
+        for step, batch in enumerate(order.split(config.batch_size)):
+            if step % READJUST_EVERY == 0:
+                threads.readjust()  # another job may have started (or ended) on the machine
             x = images[batch]
             if config.shift:
                 x = as_input(random_shift(x, config.shift, generator))

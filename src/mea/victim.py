@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from mea import __version__, models
@@ -18,6 +19,7 @@ from mea.config import MnistSplits
 from mea.config import VictimConfig as VictimConfig  # re-exported
 from mea.data import load
 from mea.metrics import classification_metrics
+from mea.model_files import load_classifier
 from mea.plots import confusion_matrix_png
 from mea.runs import VICTIM_WEIGHTS, check_victim_directory, command_line, read_json, run_directory, write_json
 from mea.seeding import derive_seed, generator
@@ -74,6 +76,7 @@ def train_victim(
         metrics = {
             "victim": victim_metrics.to_dict(),
             "time_s": {"train": report.time_s, "total": time.perf_counter() - start},
+            "torch_threads": torch.get_num_threads(),  # the times depend on it
             "epoch_losses": list(report.epoch_losses),
             "config": resolved,
         }
@@ -87,8 +90,13 @@ def train_victim(
 
 
 def load_victim(directory: Path) -> Victim:
+    """A victim from a directory `mea train-victim` wrote, or from a model file (mea safetensors or
+    ONNX, `mea.model_files`): a file carries no training record, so the defaults stand in for it."""
     directory = Path(directory)
     weights = check_victim_directory(directory)
+    if directory.is_file():
+        model, arch = load_classifier(weights)
+        return Victim(directory, model, arch, models.fingerprint(weights), {})
     model, arch = models.load(weights)
     config = read_json(directory / "config.json", "the victim directory is incomplete; retrain it")
     return Victim(directory, model, arch, models.fingerprint(weights), config)

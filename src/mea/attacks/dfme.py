@@ -11,7 +11,9 @@ sixteenth of its convolution work, `dfme-small`), Adam for the generator, SGD wi
 and weight decay 5e-4 for the clone, five clone steps per generator step.  Ours, for budgets
 10-200x smaller than the paper's 20M queries on CIFAR-10: batches of 32 doubling with the queries
 spent up to the paper's 256, learning rates 5e-4 (generator; paper 1e-4) and 0.05 (clone; paper
-0.1) without decay, a moving average of the clone's weights, and ten clone steps per round on
+0.1), the clone's decaying as 1/sqrt(1 + queries spent / 100,000) where the paper's falls in steps
+at fixed fractions of its budget (ours must not depend on the budget: see `GameSettings`), a
+moving average of the clone's weights, and ten clone steps per round on
 remembered answers (MAZE's experience replay), which DFME does not use: every answer has been
 paid for, and the clone may learn from it more than once.
 """

@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mea.attacks.data_free import Session, check_budget, entropy, strategy_rng
-from mea.attacks.generator_game import GameSettings, WeightAverage, clone_input_channels, clone_step, replay
+from mea.attacks.generator_game import (
+    GameSettings,
+    WeightAverage,
+    clone_input_channels,
+    clone_step,
+    replay,
+    set_learning_rate,
+)
 from mea.attacks.generators import make_generator, to_images
 from mea.data.pools import Pool
 from mea.models import as_input
@@ -59,6 +66,7 @@ class HardLabelDataFree:
         generator_opt = torch.optim.Adam(generator.parameters(), lr=hp.generator_lr)
         clone_opt = torch.optim.SGD(student.parameters(), lr=hp.clone_lr, momentum=0.9, weight_decay=5e-4)
         while session.next_round(hp.clone_steps * (batch := hp.batch_at(session.used)), clone):
+            set_learning_rate(clone_opt, hp.clone_lr_at(session.used))
             generator.train()
             student.eval()
             probabilities = F.softmax(student(as_input(to_images(generator(generator.sample_codes(batch, rng))))), 1)

@@ -15,6 +15,7 @@ from mea.cli.attack import attack_command
 from mea.cli.common import positive_int
 from mea.cli.data import data
 from mea.cli.defend import defend
+from mea.cli.export import export_command
 from mea.cli.serve import audit_command, keys, serve_command
 from mea.cli.sweep import report_command, sweep_command
 from mea.cli.verify import evidence_group, fingerprint_group, verify_command
@@ -29,7 +30,7 @@ from mea.errors import MeaError
     type=int,
     default=None,
     callback=positive_int,
-    help="Torch threads [default: the CPU cores this process may use].",
+    help="Torch threads [default: $MEA_THREADS, else the usable CPU cores not busy with other processes].",
 )
 def main(threads: int | None) -> None:
     """Model extraction attacks and defenses on a served MNIST digit classifier."""
@@ -48,6 +49,7 @@ for command in (
     sweep_command,
     report_command,
     demo_command,
+    export_command,
     verify_command,
     fingerprint_group,
     evidence_group,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mea import threads
 from mea.config import LabelLoss, Schedule, TrainConfig
 from mea.errors import MeaError
 
@@ -84,23 +84,17 @@ def names(items: tuple[str, ...]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
-def cpu_count() -> int:
-    """The cores this process may use (its affinity, not the machine's total)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def use_threads() -> None:
-    """Apply `mea --threads N` (default: one per usable core) to torch.
+    """Apply `mea --threads N` (default: MEA_THREADS, else the usable cores not busy elsewhere,
+    re-read as training goes: `mea.threads`) to torch.
 
     Called by each command that computes, when it runs: the group option only records the request,
-    so that `--help` and the error paths never import torch.  One thread per core: more
-    oversubscribes the cores and halves speed on small machines.
+    so that `--help` and the error paths never import torch.  At most one thread per free core:
+    more oversubscribes the cores, and waiting threads then burn the time of working ones.
     """
-    import torch
-
     context = click.get_current_context(silent=True)
     requested = context.find_root().params.get("threads") if context is not None else None
-    torch.set_num_threads(requested or cpu_count())
+    threads.apply(requested)
 
 
 # The optional extras of pyproject.toml and the top-level modules each one installs.

@@ -119,10 +119,15 @@ class OodDetector:
         config: DetectorConfig,
     ) -> OodDetector:
         """Fit Gaussians and standardisers on the victim's training data, the threshold on calibration data."""
-        unknown = [layer for layer in config.layers if layer not in getattr(model, "feature_names", ())]
+        known = getattr(model, "feature_names", ())
+        unknown = [layer for layer in config.layers if layer not in known]
+        if unknown and not known:
+            raise ConfigError(
+                "the detector reads the victim's inner layers, and this victim (an ONNX file) shows mea none; "
+                "fit the defense on a mea victim directory or .safetensors file"
+            )
         if unknown:
-            names = ", ".join(getattr(model, "feature_names", ())) or "none"
-            raise ConfigError(f"the victim has no layer {', '.join(unknown)}; its layers: {names}")
+            raise ConfigError(f"the victim has no layer {', '.join(unknown)}; its layers: {', '.join(known)}")
         unfitted = cls(config, {}, {}, float("inf"), float("inf"))
         features = layer_features(model, train_images, unfitted.layers)
         unfitted.gaussians.update({layer: ClassGaussians.fit(features[layer], train_labels) for layer in config.layers})

@@ -114,6 +114,7 @@ def run_attack(
             "train": extraction.train_time_s,
             "total": time.perf_counter() - start,
         },
+        "torch_threads": torch.get_num_threads(),  # the times above depend on it
         "config": resolved,
     }
     if out is not None:

@@ -9,7 +9,6 @@ inputs and yields outcomes as trials finish; the sweep around it does not know w
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -19,11 +18,7 @@ import torch
 
 from mea.errors import ConfigError
 from mea.experiments.trial import Outcome, Trial, TrialContext, run_trial
-
-
-def cpu_count() -> int:
-    """The cores this process may use (its affinity, not the machine's total)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from mea.threads import usable_cpus
 
 
 class Backend(Protocol):
@@ -50,7 +45,7 @@ class LocalBackend:
 
     def plan(self, n_trials: int) -> tuple[int, int]:
         """(worker processes, torch threads each): together never more threads than cores."""
-        cores = cpu_count()
+        cores = usable_cpus()
         workers = max(1, min(self.workers or cores, n_trials))
         return workers, self.threads or max(1, cores // workers)
 
@@ -107,7 +102,7 @@ class RayBackend:
         return cls(address, workers)
 
     def describe(self, n_trials: int) -> str:
-        where = self.address or f"a local instance ({self.workers or cpu_count()} CPUs)"
+        where = self.address or f"a local instance ({self.workers or usable_cpus()} CPUs)"
         return f"ray: {where}, {self.cpus_per_trial} CPU per trial"
 
     def run(self, trials: Sequence[Trial], context: TrialContext) -> Iterator[Outcome]:
@@ -116,7 +111,7 @@ class RayBackend:
         if started:
             ray.init(
                 address=self.address,
-                num_cpus=(self.workers or cpu_count()) if self.address is None else None,
+                num_cpus=(self.workers or usable_cpus()) if self.address is None else None,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,

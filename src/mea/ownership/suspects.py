@@ -6,7 +6,7 @@ in `mea.ownership.verify` need no more than the suspect's ranking of classes, an
 an answer ranks nothing but its top class (label-only answers).
 
 - `ModelSuspect`: a mea safetensors file (`clone.safetensors`, a victim's `model.safetensors`).
-- `OnnxSuspect`: any ONNX classifier of 28x28 grey images, run by onnxruntime.
+- `ModelSuspect` also runs any ONNX classifier of 28x28 grey images (`mea.model_files`).
 - `http_suspect`: an Open Inference Protocol v2 server (KServe, Triton, `mea serve`); for
   `mea serve` through `mea.serve.client.HttpOracle` (binary tensors, retries on 429/503).
 
@@ -15,22 +15,17 @@ Nothing here unpickles: a pickle (a `torch.save` file) is refused with a way to 
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from mea.errors import ArtifactError, ConfigError, MeaError
+from mea.errors import ArtifactError, MeaError
+from mea.model_files import PICKLE_HINT, OnnxClassifier, sniff
 from mea.models import NUM_CLASSES
 from mea.oracle import check_images
 from mea.training import predict_logits
-
-PICKLE_HINT = (
-    "mea never unpickles a model; save its weights with safetensors (mea's own clone.safetensors) "
-    "or export it to ONNX (torch.onnx.export)"
-)
 
 
 class SuspectError(MeaError):
@@ -49,33 +44,18 @@ class Suspect(Protocol):
     def describe(self) -> dict: ...
 
 
-def _sniff(path: Path) -> str:
-    """'safetensors', 'onnx', 'pickle' or 'unknown', from the file's first bytes."""
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return "pickle"
-    if zipfile.is_zipfile(path):  # torch.save's format since 1.6: a zip holding a pickle
-        return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-        return "safetensors"
-    if path.suffix == ".onnx":
-        return "onnx"
-    return "unknown"
-
-
 def load_suspect(path: Path) -> Suspect:
     """A suspect from a weights file: mea safetensors or ONNX."""
     path = Path(path)
     if not path.is_file():
         raise SuspectError(f"no suspect model at {path}; pass a .safetensors or .onnx file, or --url for an API")
-    kind = _sniff(path)
+    kind = sniff(path)
     if kind == "pickle":
         raise SuspectError(f"{path} is a pickle; {PICKLE_HINT}")
     if kind == "safetensors":
         return ModelSuspect.load(path)
     if kind == "onnx":
-        return OnnxSuspect(path)
+        return ModelSuspect(OnnxClassifier(path, SuspectError), "onnx", str(path))
     raise SuspectError(
         f"{path} is not a model file mea can read; pass a mea .safetensors file or an .onnx file, or --url for an API"
     )
@@ -109,55 +89,9 @@ class ModelSuspect:
         return predict_logits(self.model, images).float()
 
     def describe(self) -> dict:
+        if self.arch == "onnx":
+            return {"kind": "onnx", "source": self.source}
         return {"kind": "safetensors", "source": self.source, "arch": self.arch}
-
-
-class OnnxSuspect:
-    """An ONNX classifier: one input of shape [B, 1, 28, 28] or [B, 784], one (B, 10) output."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ConfigError("ONNX suspects need onnxruntime: pip install 'model-extraction-attack[onnx]'") from None
-        try:
-            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for any bad file
-            raise SuspectError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0]})") from None
-        inputs = self._session.get_inputs()
-        if len(inputs) != 1:
-            raise SuspectError(f"{path} takes {len(inputs)} inputs; a suspect must take one image batch")
-        self._input = inputs[0].name
-        dims = list(inputs[0].shape)[1:]
-        if dims == [1, 28, 28]:
-            self._flat = False
-        elif dims == [784]:
-            self._flat = True
-        else:
-            raise SuspectError(
-                f"{path} takes input of shape {inputs[0].shape}, not [B, 1, 28, 28] or [B, 784]: "
-                "it is not a model of 28x28 grey images"
-            )
-        self.source = str(path)
-        self.queries = 0
-        # The class count is a property of the output; check it on one blank image (counted).
-        self.scores(torch.zeros(1, 1, 28, 28))
-
-    def scores(self, images: torch.Tensor) -> torch.Tensor:
-        images = check_images(images)
-        self.queries += len(images)
-        feed = images.reshape(len(images), -1) if self._flat else images
-        output = self._session.run(None, {self._input: feed.numpy().astype(np.float32)})[0]
-        output = np.asarray(output)
-        if output.ndim != 2 or output.shape[1] != NUM_CLASSES:
-            raise SuspectError(
-                f"{self.source} answers shape {list(output.shape)}, not [B, {NUM_CLASSES}]: "
-                f"it is not a {NUM_CLASSES}-class classifier"
-            )
-        return torch.from_numpy(output.astype(np.float32))
-
-    def describe(self) -> dict:
-        return {"kind": "onnx", "source": self.source}
 
 
 def http_suspect(url: str, api_key: str | None = None, model: str = "lenet-mnist", batch_size: int = 256) -> Suspect:

@@ -1,0 +1,138 @@
+"""Classifier files mea reads and writes: its own safetensors, and ONNX graphs run by onnxruntime.
+
+A victim (`mea attack --victim model.onnx`) and a suspect (`mea verify --suspect model.onnx`) are
+read the same way.  Nothing here unpickles: a pickle (a `torch.save` file) is refused with a way to
+convert it.  Today every model must classify 28x28 grey images into 10 classes (the MNIST task).
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mea.errors import ArtifactError, ConfigError, MeaError
+from mea.models import NUM_CLASSES
+
+PICKLE_HINT = (
+    "mea never unpickles a model; save its weights with safetensors (mea's own clone.safetensors) "
+    "or export it to ONNX (torch.onnx.export)"
+)
+# Largest difference between a model's logits and its ONNX export's that `export_onnx` accepts.
+EXPORT_TOLERANCE = 1e-4
+
+
+def sniff(path: Path) -> str:
+    """'safetensors', 'onnx', 'pickle' or 'unknown', from the file's first bytes (ONNX: its suffix)."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    if zipfile.is_zipfile(path):  # torch.save's format since 1.6: a zip holding a pickle
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+        return "safetensors"
+    if path.suffix == ".onnx":
+        return "onnx"
+    return "unknown"
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("ONNX models need onnxruntime: pip install 'model-extraction-attack[onnx]'") from None
+    return onnxruntime
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX classifier of 28x28 grey images (input [B, 1, 28, 28] or [B, 784], output [B, 10]),
+    run by onnxruntime on the CPU, as a torch module for inference (no gradients flow through it)."""
+
+    def __init__(self, path: Path, error: type[MeaError] = ArtifactError) -> None:
+        super().__init__()
+        self._error = error
+        try:
+            self._session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except ConfigError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types for any bad file
+            raise error(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise error(f"{path} takes {len(inputs)} inputs; a classifier must take one image batch")
+        self._input = inputs[0].name
+        dims = list(inputs[0].shape)[1:]
+        if dims not in ([1, 28, 28], [784]):
+            raise error(
+                f"{path} takes input of shape {inputs[0].shape}, not [B, 1, 28, 28] or [B, 784]: "
+                "it is not a model of 28x28 grey images"
+            )
+        self._flat = dims == [784]
+        self.source = str(path)
+        # The class count is a property of the output; check it on one blank image.
+        self(torch.zeros(1, 1, 28, 28))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feed = images.detach().reshape(len(images), -1) if self._flat else images.detach().contiguous()
+        output = np.asarray(self._session.run(None, {self._input: feed.numpy().astype(np.float32)})[0])
+        if output.ndim != 2 or output.shape[1] != NUM_CLASSES:
+            raise self._error(
+                f"{self.source} answers shape {list(output.shape)}, not [B, {NUM_CLASSES}]: "
+                f"it is not a {NUM_CLASSES}-class classifier"
+            )
+        return torch.from_numpy(output.astype(np.float32))
+
+
+def load_classifier(path: Path, error: type[MeaError] = ArtifactError) -> tuple[nn.Module, str]:
+    """(model in eval mode, architecture) from a mea safetensors file ('lenet5', ...) or an ONNX file ('onnx')."""
+    path = Path(path)
+    kind = sniff(path)
+    if kind == "pickle":
+        raise error(f"{path} is a pickle; {PICKLE_HINT}")
+    if kind == "safetensors":
+        from mea import models
+
+        try:
+            return models.load(path)
+        except ArtifactError as exc:
+            raise error(str(exc)) from None
+    if kind == "onnx":
+        return OnnxClassifier(path, error).eval(), "onnx"
+    raise error(f"{path} is not a model file mea can read; pass a mea .safetensors file or an .onnx file")
+
+
+def export_onnx(model: nn.Module, path: Path) -> float:
+    """Write `model` as ONNX (input "images" [B, 1, 28, 28], output "logits" [B, 10], any batch size)
+    and check the export: returns the largest logit difference on a batch of test inputs, an
+    ArtifactError past EXPORT_TOLERANCE (the file is removed)."""
+    model = model.eval()
+    example = torch.zeros(1, 1, 28, 28)
+    # The TorchScript exporter: the torch.export one needs onnxscript, which mea does not install.
+    # It warns that it is deprecated, which the user of `mea export` can do nothing about.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    probe = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(probe.contiguous(memory_format=torch.channels_last))
+    difference = float((OnnxClassifier(path)(probe) - expected).abs().max())
+    if difference > EXPORT_TOLERANCE:
+        path.unlink()
+        raise ArtifactError(
+            f"the ONNX export answers up to {difference:.2g} away from the model (tolerance {EXPORT_TOLERANCE:g}); "
+            "nothing written"
+        )
+    return difference

@@ -1,0 +1,107 @@
+"""Victims as model files: `mea export --format onnx`, and `--victim MODEL.onnx` / `.safetensors`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mea.data import load
+from mea.errors import ArtifactError, ConfigError
+from mea.model_files import OnnxClassifier, load_classifier
+from mea.oracle import VictimOracle
+from mea.victim import load_victim
+
+pytest.importorskip("onnxruntime")
+
+
+def mea(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mea", "--threads", "1", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CI": "true"},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def onnx_victim(victim_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "victim.onnx"
+    done = mea("export", "--victim", str(victim_dir), "--format", "onnx", "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def test_the_export_answers_as_the_victim_does(onnx_victim, victim, data_dir):
+    images = load("mnist", "test", data_dir).images[:2000]
+    exported = load_victim(onnx_victim)
+    assert exported.arch == "onnx" and exported.directory == onnx_victim
+    ours, theirs = VictimOracle(victim.model).query(images), VictimOracle(exported.model).query(images)
+    assert (ours - theirs).abs().max() < 1e-5
+    assert torch.equal(ours.argmax(1), theirs.argmax(1))
+
+
+def test_an_attack_on_the_onnx_file_steals_the_same_victim(onnx_victim, victim_dir, tmp_path):
+    runs = {}
+    for name, source in (("onnx", onnx_victim), ("directory", victim_dir)):
+        out = tmp_path / name
+        done = mea("attack", "--victim", str(source), "--queries", "1000", "--min-steps", "150", "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["onnx"]["config"]["victim"] == str(onnx_victim)
+    assert runs["onnx"]["victim"]["accuracy"] == pytest.approx(runs["directory"]["victim"]["accuracy"], abs=2e-4)
+    # Answers equal to float rounding: the clones may differ in the last bits, not in what they learned.
+    assert runs["onnx"]["clone"]["accuracy"] == pytest.approx(runs["directory"]["clone"]["accuracy"], abs=0.01)
+    assert runs["onnx"]["clone"]["accuracy"] > 0.8
+
+
+def test_a_mea_safetensors_file_is_a_victim_too(victim_dir, victim):
+    from_file = load_victim(victim_dir / "model.safetensors")
+    assert from_file.arch == victim.arch and from_file.fingerprint == victim.fingerprint
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(VictimOracle(from_file.model).query(images), VictimOracle(victim.model).query(images))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript ONNX exporter
+def test_model_files_that_are_not_classifiers_of_the_task_are_refused(tmp_path):
+    colour = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    colour(torch.zeros(1, 3, 32, 32))
+    torch.onnx.export(colour, (torch.zeros(1, 3, 32, 32),), str(tmp_path / "colour.onnx"), dynamo=False)
+    with pytest.raises(ArtifactError, match=r"not \[B, 1, 28, 28\] or \[B, 784\]"):
+        OnnxClassifier(tmp_path / "colour.onnx")
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match="is not a readable ONNX model"):
+        load_classifier(tmp_path / "model.onnx")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "model.safetensors")  # a pickle under a safetensors name
+    with pytest.raises(ArtifactError, match="is a pickle; mea never unpickles"):
+        load_victim(tmp_path / "model.safetensors")
+
+
+def test_cli_mistakes_with_model_files_are_one_line(onnx_victim, victim_dir, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    cases = [
+        (("attack", "--victim", str(notes), "--out", str(tmp_path / "a")), "is not a victim: pass a victim directory"),
+        (("defend", "fit", "--victim", str(onnx_victim), "--out", str(tmp_path / "d")), "shows mea none"),
+        (("export", "--victim", str(victim_dir), "--out", str(onnx_victim)), "exists; choose another --out"),
+        (("export", "--victim", str(onnx_victim), "--out", str(tmp_path / "v.onnx")), "is already an ONNX model"),
+    ]
+    for args, message in cases:
+        done = mea(*args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1 and message in lines[0], (args, done.stderr)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_victim_without_inner_layers_cannot_fit_the_detector(onnx_victim):
+    from mea.config import DetectorConfig
+    from mea.defenses.detector import OodDetector
+
+    images = torch.rand(20, 1, 28, 28)
+    with pytest.raises(ConfigError, match="inner layers"):
+        OodDetector.fit(load_victim(onnx_victim).model, images, torch.arange(20) % 10, images, DetectorConfig())
