@@ -2,14 +2,20 @@
 MAD prediction poisoning and behind both; when the service's gate flags and refuses them; and the
 detector-aware variant per weight of its in-distribution push.
 
-Curves come from one run per (attacker, defender): a data-free attack here has no learning-rate
-decay, so the clone it holds after b queries is the clone a run with budget b returns (see
+Curves come from one run per (attacker, defender): nothing in a data-free attack here depends on
+its budget (the clone's learning rate falls with the queries spent, not with the fraction of a
+budget), so the clone it holds after b queries is the clone a run with budget b returns (see
 `mea.attacks.data_free.Session.next_round`); it is scored on MNIST test at every checkpoint.
+Defended curves stop at 200,000 queries (a defended 2M-query run takes 45-60 min on one core of
+this machine): there the gated ones sit at chance with every query flagged.
 
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part curves-a
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part curves-b
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part detection
     python -m benchmarks.data_free --plot     # merges the parts: data_free.json and data_free.png
+
+Each curve is written to data_free_curves/STRATEGY_DEFENDER.json as soon as it ends; `--curve
+dfms:none:2000000` (repeatable) reruns single curves of a part.
 """
 
 from __future__ import annotations
@@ -42,19 +48,22 @@ MAD = "mad-top1:1"
 CHECKPOINTS = (10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000)
 DEFENDERS = ("none", "ood-gate", "mad", "ood-gate+mad")
 PARTS = {
-    # (strategy, defender, budget); two parts of about equal time, to run side by side on 2 cores.
+    # (strategy, defender, budget); two parts of about equal time (70 min), to run side by side on 2 cores.
     "curves-a": [
         ("dfme", "none", 2_000_000),
         *[("dfme", d, 200_000) for d in DEFENDERS[1:]],
         *[("dfms", d, 200_000) for d in DEFENDERS[1:]],
+        *[("maze", d, 200_000) for d in DEFENDERS[1:]],
     ],
     "curves-b": [
         ("maze", "none", 2_000_000),
-        ("dfms", "none", 1_000_000),
-        *[("maze", d, 200_000) for d in DEFENDERS[1:]],
+        ("dfms", "none", 2_000_000),
     ],
 }
 AWARE_WEIGHTS = (0.0, 3.0, 30.0, 300.0)
+
+
+CURVES = RESULTS / "data_free_curves"  # one file per (strategy, defender), written as each curve ends
 
 
 def main() -> None:
@@ -62,6 +71,13 @@ def main() -> None:
     parser.add_argument("--victim", type=Path, default=Path("runs/victim"))
     parser.add_argument("--defense", type=Path, default=Path("runs/defense"))
     parser.add_argument("--part", choices=(*PARTS, "detection"))
+    parser.add_argument(
+        "--curve",
+        action="append",
+        default=[],
+        metavar="STRATEGY:DEFENDER:BUDGET",
+        help=f"one curve of a part (repeatable), e.g. dfms:none:2000000; defenders: {', '.join(DEFENDERS)}",
+    )
     parser.add_argument("--plot", action="store_true", help="merge the parts' results and draw the curves")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (two parts share 2 cores)")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,21 +85,39 @@ def main() -> None:
     if args.plot:
         merge_and_plot()
         return
+    runs = [parse_curve(text) for text in args.curve] or PARTS.get(args.part, [])
+    if not runs and args.part != "detection":
+        parser.error("name a --part, one or more --curve, or --plot")
     torch.set_num_threads(args.threads)
-    provenance = Provenance()
     victim = load_victim(args.victim)
     # The noise key of draw 0 of benchmarks.defense_keys, as the other defense benchmarks use.
     defense = dataclasses.replace(load_defense(args.defense, victim), secret=draw_key(0))
     test = load("mnist", "test")
     victim_logits = predict_logits(victim.model, test.images)
-    if args.part == "detection":
+    if args.part == "detection" and not args.curve:
+        provenance = Provenance()
         rows = detection(victim, defense, test, args.seed)
-    else:
-        rows = [curve(victim, defense, test, victim_logits, *run, args.seed) for run in PARTS[args.part]]
-    out = RESULTS / f"data_free_{args.part}.json"
+        write(RESULTS / "data_free_detection.json", provenance, victim, rows)
+        return
+    CURVES.mkdir(exist_ok=True)
+    for strategy, defender, budget in runs:
+        provenance = Provenance()
+        row = curve(victim, defense, test, victim_logits, strategy, defender, budget, args.seed)
+        write(CURVES / f"{strategy}_{defender}.json", provenance, victim, [row])
+
+
+def parse_curve(text: str) -> tuple[str, str, int]:
+    strategy, _, rest = text.partition(":")
+    defender, _, budget = rest.partition(":")
+    if strategy not in ("dfme", "maze", "dfms") or defender not in DEFENDERS or not budget.isdigit():
+        raise SystemExit(f"--curve {text!r}: write STRATEGY:DEFENDER:BUDGET, e.g. dfms:none:2000000")
+    return strategy, defender, int(budget)
+
+
+def write(out: Path, provenance: Provenance, victim, rows: list[dict]) -> None:
     payload = {"provenance": provenance.record(), "victim_fingerprint": victim.fingerprint, "rows": rows}
     out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"written to {out}")
+    print(f"written to {out}", flush=True)
 
 
 def oracle_for(victim, defense, defender: str, output, budget: int | None):
@@ -230,13 +264,16 @@ def merge_and_plot() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = {p: json.loads((RESULTS / f"data_free_{p}.json").read_text()) for p in (*PARTS, "detection")}
-    curves = [row for p in PARTS for row in parts[p]["rows"]]
+    files = sorted(CURVES.glob("*.json"))
+    records = {path.stem: json.loads(path.read_text()) for path in files}
+    detection_record = json.loads((RESULTS / "data_free_detection.json").read_text())
+    curves = [row for record in records.values() for row in record["rows"]]
     merged = {
-        "provenance": {p: parts[p]["provenance"] for p in parts},
+        "provenance": {name: record["provenance"] for name, record in records.items()}
+        | {"detection": detection_record["provenance"]},
         "mad": MAD,
         "curves": curves,
-        "detection": parts["detection"]["rows"],
+        "detection": detection_record["rows"],
     }
     (RESULTS / "data_free.json").write_text(json.dumps(merged, indent=2) + "\n")
     figure, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)

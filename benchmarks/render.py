@@ -1580,15 +1580,26 @@ def readme_data_free(results: Results) -> str:
         ],
         aware_rows,
     )
+    by_command: dict[str, list[str]] = {}
+    for name, provenance in record["provenance"].items():
+        by_command.setdefault(provenance["command"], []).append(name)
     sources = "\n".join(
-        source(provenance, f"`benchmarks/results/data_free_{part}.json`")
-        for part, provenance in record["provenance"].items()
+        source(
+            record["provenance"][names[0]],
+            ", ".join(
+                "`benchmarks/results/data_free_detection.json`"
+                if name == "detection"
+                else f"`benchmarks/results/data_free_curves/{name}.json`"
+                for name in names
+            ),
+        )
+        for names in by_command.values()
     )
     return "\n\n".join(
         [
-            "Clone accuracy on MNIST test (one run per row, seed 0; a data-free attack has no learning-rate "
-            "decay, so the clone after b queries is the one a run with budget b returns); `flagged`: the "
-            "share of the attacker's queries the detector flagged:",
+            "Clone accuracy on MNIST test (one run per row, seed 0; nothing in a data-free attack depends on "
+            "its budget, its learning rate only on the queries spent, so the clone after b queries is the one "
+            "a run with budget b returns); `flagged`: the share of the attacker's queries the detector flagged:",
             curve_table,
             f"Attack time and speed on the undefended victim (1 torch thread): {speed}.",
             detection_table,
@@ -1623,10 +1634,20 @@ def readme_poisoning(results: Results) -> str:
         f"Random queries, {record['budget']:,} per attack; mean ± sd over {record['draws']} draws "
         "(draw d: noise key d of `benchmarks.defense_keys`, attacker seed d):"
     )
-    by = {row["defender"].split(" ")[0] + ("+" if "rest" in row["defender"] else ""): row for row in record["summary"]}
-    plain, argmax, both = by["MAD"], by["MAD-argmax"], by["OOD+"]
+    by = {row["key"]: row for row in record["summary"]}
+    plain, argmax, both = by["mad"], by["mad-argmax"], by["gate+mad-argmax"]
     natural, label = "clone[probabilities, mnist-train]", "clone[label, mnist-train]"
+    gate_rows = [row for row in record["summary"] if row["key"].startswith("gate") and "+" not in row["key"]]
+    ood_probabilities, ood_labels = "clone[probabilities, fashion-mnist]", "clone[label, fashion-mnist]"
     findings = [
+        "- **On flagged queries only** (the gate's policy), clone from `fashion-mnist` with probabilities / "
+        "labels: "
+        + "; ".join(
+            f"{row['defender'].removeprefix('OOD gate + ')} {pm(row[ood_probabilities])} / {pm(row[ood_labels])}"
+            for row in gate_rows
+        )
+        + ". What the gate answers flagged queries with matters more than the gate itself: noise that keeps "
+        "the top-1 class, MAD-argmax included, still teaches the clone the victim's labels.",
         f"- **MAD-argmax** keeps every benign top-1 label ({pct(argmax['benign_accuracy']['mean'])}, undefended "
         f"{pct(by['undefended']['benign_accuracy']['mean'])}) and, unlike the gate, hurts the attacker "
         f"with natural digits and probability answers: {pm(argmax[natural])} against "

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mea.attacks import extract, make_strategy
+from mea.attacks.data_free import ReplayMemory
 from mea.attacks.detector_aware import DigitPrior, residual
 from mea.attacks.dfme import DFME_SETTINGS
 from mea.attacks.maze import MAZE_SETTINGS
@@ -221,3 +222,21 @@ def test_the_detector_aware_generator_moves_toward_the_public_digits_by_its_weig
         make_strategy("dfme-aware:x")
     with pytest.raises(ConfigError, match="models 150 public digits from its pool; name a pool"):
         extract(VictimOracle(victim.model, budget=5_000), None, make_strategy("dfme-aware"), 5_000, progress=False)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_the_replay_memory_keeps_the_latest_or_a_uniform_sample_of_all(uniform):
+    memory = ReplayMemory(1000, torch.Generator().manual_seed(0), uniform=uniform)
+    for batch in range(100):  # 25,600 answers, each tagged with its batch number
+        answers = torch.full((256, 10), float(batch))
+        answers[0] = float("nan")  # an untrusted answer is never remembered
+        memory.add(torch.zeros(256, 1, 28, 28), answers)
+    assert len(memory) == 1000
+    images, kept = memory.sample(5000, torch.Generator().manual_seed(1))
+    batches = kept[:, 0]
+    assert images.shape == (5000, 1, 28, 28) and not kept.isnan().any()
+    if uniform:  # every part of the history, in proportion (binomial: 5000 x 1/2, sd 35)
+        assert abs(int((batches < 50).sum()) - 2500) < 300
+        assert batches.min() < 5 and batches.max() > 95
+    else:  # the last 1,000 answers: the last four batches of 255 trusted answers each
+        assert set(batches.unique().tolist()) == {96.0, 97.0, 98.0, 99.0}

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cli import mea as run_mea
 from mea import models
 from mea.attacks import extract, make_strategy
 from mea.config import LabelLoss, TrainConfig
@@ -498,13 +497,7 @@ def test_scores_of_suspects_are_logits_of_the_weights(victim):
 
 
 def mea(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mea", "--threads", "1", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "CI": "true"},
-        timeout=600,
-    )
+    return run_mea(*args, threads=1)
 
 
 def assert_refused(done: subprocess.CompletedProcess, out: Path, *words: str) -> None:

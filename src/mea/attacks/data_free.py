@@ -43,15 +43,15 @@ class Session:
     """The attacker's side of the oracle for one data-free attack.
 
     `ask` answers a batch and charges it; it raises AttackStopped once the service refuses.  The
-    last `memory` answered images are kept (as float16, half the memory) for strategies that
-    replay them and for the run's record.
+    answers go to `memory` (images as float16, half the memory) for strategies that replay them
+    and for the run's record.
     """
 
     def __init__(
         self,
         oracle: Oracle,
         budget: int,
-        memory: int,
+        memory: ReplayMemory,
         progress: bool,
         name: str,
         checkpoints: tuple[int, ...] = (),
@@ -65,7 +65,7 @@ class Session:
         self.query_time_s = 0.0
         self.excluded_time_s = 0.0  # checkpoint evaluations
         self.refused_after: int | None = None
-        self.replay = ReplayMemory(memory)
+        self.replay = memory
         self._bar = tqdm(total=budget, desc=f"{name} queries", unit="img", disable=not progress or _progress_disabled())
 
     @property
@@ -126,13 +126,22 @@ class Session:
 
 
 class ReplayMemory:
-    """A ring buffer of the latest answered queries (MAZE's experience replay, Kariyappa et al. 2021)."""
+    """Remembered answered queries for experience replay (MAZE, Kariyappa et al. 2021).
 
-    def __init__(self, capacity: int) -> None:
+    MAZE keeps the latest answers (a ring buffer).  With `uniform`, the memory keeps a uniform
+    sample of every answer so far instead (reservoir sampling, Vitter 1985, Algorithm R; `rng`
+    draws which answers stay), so that an attack whose generator drifts does not forget the
+    regions its early queries covered.  Which is better depends on the attack (measured: DFMS
+    gains ten points at 500,000 queries from the uniform sample, DFME loses two).
+    """
+
+    def __init__(self, capacity: int, rng: torch.Generator, uniform: bool = False) -> None:
         self.capacity = capacity
+        self.uniform = uniform
+        self._rng = rng
         self._images: torch.Tensor | None = None
         self._answers = torch.empty(0, NUM_CLASSES)
-        self._next = 0
+        self._seen = 0  # answers offered so far (untrusted ones not counted)
         self._size = 0
 
     def __len__(self) -> int:
@@ -140,17 +149,28 @@ class ReplayMemory:
 
     def add(self, images: torch.Tensor, answers: torch.Tensor) -> None:
         kept = ~answers.isnan().any(1)
-        images, answers = images.detach()[kept][-self.capacity :], answers[kept][-self.capacity :]
+        images, answers = images.detach()[kept], answers[kept]
         if self.capacity == 0 or len(images) == 0:
             return
         if self._images is None:
             self._images = torch.empty(self.capacity, *images.shape[1:], dtype=torch.float16)
             self._answers = torch.empty(self.capacity, answers.shape[1])
-        rows = (self._next + torch.arange(len(images))) % self.capacity
-        self._images[rows] = images.to(torch.float16)
-        self._answers[rows] = answers.float()
-        self._next = int(rows[-1] + 1) % self.capacity
-        self._size = min(self._size + len(images), self.capacity)
+        order = self._seen + torch.arange(len(images))  # each answer's rank among all answers
+        if self.uniform:
+            # Algorithm R: answer i fills a free slot, or replaces slot j drawn uniformly from [0, i]
+            # when j < capacity.
+            drawn = (torch.rand(len(images), generator=self._rng, dtype=torch.float64) * (order + 1)).long()
+            slots = torch.where(order < self.capacity, order, drawn)
+        else:
+            slots = order % self.capacity
+        # Where one batch writes a slot twice, the later answer stays (as if written one by one).
+        last = {int(slot): i for i, slot in enumerate(slots.tolist()) if slot < self.capacity}
+        if last:
+            rows, sources = torch.tensor(list(last)), torch.tensor(list(last.values()))
+            self._images[rows] = images[sources].to(torch.float16)
+            self._answers[rows] = answers[sources].float()
+        self._seen += len(images)
+        self._size = min(self._seen, self.capacity)
 
     def sample(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(0, self._size, (n,), generator=rng)
@@ -160,8 +180,8 @@ class ReplayMemory:
     def as_transfer_set(self) -> TransferSet:
         transfer = TransferSet()
         if self._images is not None and self._size:
-            order = (self._next - self._size + torch.arange(self._size)) % self.capacity
-            transfer.add(self._images[order].float(), self._answers[order], torch.full((self._size,), SYNTHETIC))
+            size = self._size
+            transfer.add(self._images[:size].float(), self._answers[:size], torch.full((size,), SYNTHETIC))
         return transfer
 
 
@@ -208,6 +228,7 @@ class DataFreeStrategy(Protocol):
 
     name: str
     needs_probabilities: bool
+    remembers_all: bool  # replay a uniform sample of every answer, not the latest (ReplayMemory)
 
     def check(self, pool: Pool | None, budget: int, output: OutputMode) -> None: ...
 
@@ -249,7 +270,8 @@ def run_data_free(
     """
     strategy.check(pool, budget, oracle.output)
     clone = models.build(clone_arch, derive_seed(seed, "clone-init"))
-    session = Session(oracle, budget, memory, progress, strategy.name, checkpoints, on_checkpoint)
+    replay = ReplayMemory(memory, generator(seed, "data-free:memory"), uniform=strategy.remembers_all)
+    session = Session(oracle, budget, replay, progress, strategy.name, checkpoints, on_checkpoint)
     start = time.perf_counter()
     with contextlib.suppress(AttackStopped):  # refused: the clone keeps what it learned
         strategy.steal(session, clone, pool, seed)

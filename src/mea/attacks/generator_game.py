@@ -85,6 +85,7 @@ class GameSettings:
     clone_steps: int = 5
     replay_steps: int = 10  # clone steps on remembered answers after each round; 0 = none
     replay_batch: int = 128
+    remember_all: bool = False  # replay a uniform sample of every answer, not the latest 100,000
     generator_lr: float = 5e-4
     clone_lr: float = 0.05
     # The clone's learning rate falls with the queries spent, clone_lr / sqrt(1 + used / clone_lr_decay)
@@ -119,6 +120,10 @@ class GeneratorGame:
     # (mea.attacks.detector_aware), added to the generator's loss with this weight.
     prior: Prior | None = None
     prior_weight: float = 0.0
+
+    @property
+    def remembers_all(self) -> bool:
+        return self.settings.remember_all
 
     def check(self, pool: Pool | None, budget: int, output: OutputMode) -> None:
         check_output(self, output)

@@ -20,7 +20,7 @@ from mea.cli.common import (
     train_options,
     use_threads,
 )
-from mea.config import ARCH_NAMES, OUTPUT_MODES, POOL_NAMES, STRATEGY_NAMES, AttackConfig, TrainConfig
+from mea.config import ARCH_NAMES, MODEL_NAME, OUTPUT_MODES, POOL_NAMES, STRATEGY_NAMES, AttackConfig, TrainConfig
 from mea.errors import MeaError
 
 
@@ -33,7 +33,25 @@ from mea.errors import MeaError
     help="Victim directory (from `mea train-victim`): attacked in-process, or with --url only used to score the clone.",
 )
 @click.option(
-    "--url", default=None, help="Attack a served victim (`mea serve`) over HTTP instead, e.g. http://127.0.0.1:8000."
+    "--url",
+    default=None,
+    help="Attack a served victim over HTTP instead: `mea serve` or any Open Inference Protocol v2 server "
+    "(KServe, MLServer, Triton), e.g. http://127.0.0.1:8000.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=MODEL_NAME,
+    show_default=True,
+    help="The model's name on the --url server.",
+)
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="An HTTP header for every --url request, e.g. 'Authorization: Bearer TOKEN' (repeatable); "
+    "never written into the run directory.",
 )
 @click.option(
     "--api-key",
@@ -88,6 +106,8 @@ from mea.errors import MeaError
 def attack_command(
     victim_dir: Path,
     url: str | None,
+    model_name: str,
+    headers: tuple[str, ...],
     api_key: str | None,
     ca: Path | None,
     queries: int,
@@ -108,10 +128,12 @@ def attack_command(
     # Mistakes are refused before any work and before torch is imported (seconds on a busy machine).
     check_out(out, force)
     check_victim_directory(victim_dir)
-    if ca is not None and url is None:
-        raise MeaError("--ca only applies to --url; drop it or name the served victim with --url")
-    if url is not None and not api_key:
-        raise MeaError("--url needs an API key: pass --api-key KEY or set MEA_API_KEY (`mea keys create`)")
+    if url is None:
+        url_only = {"--ca": ca is not None, "--header": bool(headers), "--model": model_name != MODEL_NAME}
+        for name, given in url_only.items():
+            if given:
+                raise MeaError(f"{name} only applies to --url; drop it or name the served victim with --url")
+    sent_headers = parse_headers(headers)
     use_threads()
     from mea.experiments.attack import run_attack
     from mea.oracle import parse_output
@@ -122,7 +144,9 @@ def attack_command(
         with extra_needed("serve", "mea attack --url"):
             from mea.serve.client import HttpOracle
 
-        oracle = HttpOracle(url, api_key, verify=str(ca) if ca is not None else True)
+        oracle = HttpOracle(
+            url, api_key, model=model_name, headers=sent_headers, verify=str(ca) if ca is not None else True
+        )
         if output is not None and parse_output(output) != oracle.output:
             raise MeaError(f"the service answers in {oracle.output.spec}, not {output}; drop --output with --url")
         output = oracle.output.spec
@@ -144,3 +168,14 @@ def attack_command(
             "the clone learned from the answers it got before that[/yellow]"
         )
     console().print(f"run written to [bold]{out}[/bold]")
+
+
+def parse_headers(headers: tuple[str, ...]) -> dict[str, str]:
+    """`--header 'Name: value'` options as a mapping; a malformed one is a one-line error."""
+    parsed = {}
+    for header in headers:
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise MeaError(f"--header {header!r} is not 'Name: value'; write e.g. --header 'Authorization: Bearer T'")
+        parsed[name.strip()] = value.strip()
+    return parsed

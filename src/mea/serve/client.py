@@ -5,6 +5,12 @@ pixels in, exact FP32 probabilities out, no JSON number formatting on either sid
 retrying with exponential backoff when the server answers 429 (rate limit) or 503.  The key's quota
 is the budget: the server counts it, and a spent quota ends the attack with BudgetExhausted.
 
+Any other Open Inference Protocol v2 server (KServe, Seldon MLServer, Triton) works too: the model's
+metadata names its input (a batch of 28x28 grey images, [B, 1, 28, 28] or [B, 784], FP32 or FP64)
+and outputs; the requests are then plain JSON, and the answers are read as the server gives them:
+class scores ([B, 10], probabilities or logits, turned into probabilities) or labels ([B] or
+[B, 1], integers: a label-only oracle).
+
 A request that may have reached the server (a read timeout, a dropped connection) is resent only
 when the server recognises retries: `mea serve` announces an idempotency header in its model
 metadata, and every batch then carries a fresh key in it, so a retry is answered without being
@@ -18,6 +24,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -25,7 +32,8 @@ import orjson
 import torch
 
 from mea.errors import BudgetExhausted, ConfigError, MeaError, Refused
-from mea.oracle import OutputMode, check_images, parse_output
+from mea.models import NUM_CLASSES
+from mea.oracle import Label, OutputMode, Probabilities, check_images, parse_output
 from mea.serve.protocol import MODEL_NAME
 
 # Retries wait at most this long between attempts, and a request's time limit grows to at most this.
@@ -68,10 +76,16 @@ class HttpOracle:
         self._max_retries = max_retries
         self._used = 0
         self.retries = 0  # requests resent (for diagnostics)
-        metadata = self._get(f"/v2/models/{model}")
+        metadata = self._metadata(model)
         parameters = metadata.get("parameters", {})
+        # `mea serve` says how it answers; any other OIP v2 server is read from its model metadata.
+        self._served_model = None if "output_mode" in parameters else ServedModel.from_metadata(metadata, url, model)
         self._idempotency_header: str | None = parameters.get("idempotency_header")
-        self._output = parse_output(parameters.get("output_mode", "probabilities"))
+        self._output = (
+            parse_output(parameters.get("output_mode", "probabilities"))
+            if self._served_model is None
+            else self._served_model.output
+        )
         self._batch_size = min(batch_size, int(parameters.get("max_batch_size", batch_size)))
         remaining = parameters.get("quota_remaining")
         self._budget = None if remaining is None else int(remaining)
@@ -96,13 +110,21 @@ class HttpOracle:
     def close(self) -> None:
         self._client.close()
 
-    def _get(self, path: str) -> dict:
+    def _metadata(self, model: str) -> dict:
+        where = f"the server at {self._client.base_url}"
         try:
-            response = self._client.get(path, timeout=max(self._timeout_s, 30.0))
+            response = self._client.get(f"/v2/models/{model}", timeout=max(self._timeout_s, 30.0))
         except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot reach the service at {self._client.base_url} ({exc})") from None
+            raise ServiceError(f"cannot reach {where} ({exc}); check the URL and that it is up") from None
+        if response.status_code == 404:
+            raise ServiceError(f"{where} serves no model {model!r}; name the model with --model")
+        if response.status_code in (401, 403):
+            raise ServiceError(
+                f"{where} wants credentials (HTTP {response.status_code}: {_message(response)}); pass --api-key KEY "
+                "or --header 'Authorization: Bearer TOKEN'"
+            )
         if response.status_code != 200:
-            raise ServiceError(f"{path}: HTTP {response.status_code}: {_message(response)}")
+            raise ServiceError(f"/v2/models/{model}: HTTP {response.status_code}: {_message(response)}")
         return response.json()
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,7 +142,10 @@ class HttpOracle:
         return torch.cat(answers) if answers else torch.empty(0, 10)
 
     def _infer(self, images: torch.Tensor) -> torch.Tensor:
-        body, headers = binary_infer_request(images.numpy())
+        if self._served_model is None:
+            body, headers = binary_infer_request(images.numpy())
+        else:
+            body, headers = self._served_model.request(images), {"Content-Type": "application/json"}
         if self._idempotency_header is not None:
             headers[self._idempotency_header] = uuid.uuid4().hex
         delay = 0.5
@@ -144,7 +169,9 @@ class HttpOracle:
                 continue
             if response.status_code == 200:
                 self._used += len(images)
-                return _probabilities(response, len(images))
+                if self._served_model is None:
+                    return _probabilities(response, len(images))
+                return self._served_model.answers(response, len(images))
             if response.status_code == 403:
                 raise Refused(f"the service refused this key: {_message(response)}")
             if response.status_code == 429 and response.headers.get("x-quota-remaining") is not None:
@@ -205,3 +232,83 @@ def _probabilities(response: httpx.Response, batch: int) -> torch.Tensor:
             return torch.from_numpy(values.copy())
         offset += size
     raise ServiceError("the service's answer holds no probabilities output")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a third-party OIP v2 server's model takes and gives, read from its metadata."""
+
+    input_name: str
+    input_shape: tuple[int, ...]  # one image: (1, 28, 28) or (784,)
+    input_datatype: str  # FP32 or FP64
+    output_name: str
+    labels: bool  # integer class labels rather than class scores
+    source: str
+
+    @property
+    def output(self) -> OutputMode:
+        return Label() if self.labels else Probabilities()
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, url: str, model: str) -> ServedModel:
+        where = f"model {model!r} at {url}"
+        inputs, outputs = metadata.get("inputs") or [], metadata.get("outputs") or []
+        if len(inputs) != 1:
+            raise ServiceError(
+                f"{where} declares {len(inputs)} inputs in its metadata; mea sends one batch of images "
+                "and needs the input's name, datatype and shape there"
+            )
+        shape = tuple(int(d) for d in inputs[0].get("shape", [])[1:])
+        if shape not in ((1, 28, 28), (784,)):
+            raise ServiceError(
+                f"{where} takes input of shape {inputs[0].get('shape')}, not [-1, 1, 28, 28] or [-1, 784]: "
+                "mea attacks 28x28 grey image classifiers"
+            )
+        datatype = str(inputs[0].get("datatype", "FP32")).upper()
+        if datatype not in ("FP32", "FP64"):
+            raise ServiceError(f"{where} takes {datatype} input; mea sends images as FP32 or FP64 in [0, 1]")
+        if not outputs:
+            raise ServiceError(f"{where} declares no outputs in its metadata; mea needs the output's name")
+        output = outputs[0]
+        out_type = str(output.get("datatype", "FP32")).upper()
+        out_shape = [int(d) for d in output.get("shape", [-1, NUM_CLASSES])[1:]]
+        labels = out_type.startswith(("INT", "UINT")) or out_shape in ([], [1])
+        if not labels and out_shape != [NUM_CLASSES]:
+            raise ServiceError(
+                f"{where} answers {output.get('name')!r} of shape {output.get('shape')}, neither class scores "
+                f"[-1, {NUM_CLASSES}] nor labels [-1]"
+            )
+        return cls(str(inputs[0]["name"]), shape, datatype, str(output["name"]), labels, f"{url} ({model})")
+
+    def request(self, images: torch.Tensor) -> bytes:
+        return orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": self.input_name,
+                        "shape": [len(images), *self.input_shape],
+                        "datatype": self.input_datatype,
+                        "data": images.reshape(-1).tolist(),
+                    }
+                ],
+                "outputs": [{"name": self.output_name}],
+            }
+        )
+
+    def answers(self, response: httpx.Response, batch: int) -> torch.Tensor:
+        """Probability rows (one-hot rows for labels) from a JSON infer response."""
+        try:
+            output = next(o for o in orjson.loads(response.content)["outputs"] if o.get("name") == self.output_name)
+            values = np.asarray(output["data"], dtype=np.float64)
+        except (orjson.JSONDecodeError, KeyError, TypeError, StopIteration):
+            raise ServiceError(f"{self.source} answered no readable {self.output_name!r} output") from None
+        if self.labels:
+            if values.size != batch:
+                raise ServiceError(f"{self.source} answered {values.size} labels for {batch} images")
+            labels = torch.from_numpy(values.reshape(batch).astype(np.int64))
+            return torch.nn.functional.one_hot(labels.clamp(0, NUM_CLASSES - 1), NUM_CLASSES).float()
+        if values.size != batch * NUM_CLASSES:
+            raise ServiceError(f"{self.source} answered {values.size} scores for {batch} images x {NUM_CLASSES}")
+        scores = torch.from_numpy(values.reshape(batch, NUM_CLASSES)).float()
+        looks_like_probabilities = bool((scores >= 0).all()) and bool(((scores.sum(1) - 1).abs() < 1e-3).all())
+        return scores if looks_like_probabilities else torch.softmax(scores, dim=1)
