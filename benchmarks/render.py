@@ -1206,6 +1206,25 @@ def readme_startup(results: Results) -> str:
     )
 
 
+def readme_thread_contention(results: Results) -> str:
+    """benchmarks/results/thread_contention.json (benchmarks.thread_contention): a job beside a copy of itself."""
+    record = results["thread_contention.json"]
+    jobs = {"attack": "`mea attack` (60,000 queries, clone training)", "victim": "`mea train-victim` (victim training)"}
+    rows = []
+    for row in record["rows"]:
+        threads = "/".join(str(run["threads"]) for run in row["runs"])
+        rows.append([jobs[row["job"]], row["setting"], f"{row['train_s']:.1f} s", f"**{row['ratio']:.2f}x**", threads])
+    return "\n\n".join(
+        [
+            table(
+                ["job", "setting", "training time (median of the copies)", "vs alone", "torch threads at each end"],
+                rows,
+            ),
+            source(record["provenance"], "`benchmarks/results/thread_contention.json`", timed=True),
+        ]
+    )
+
+
 # --- README.md: the attack suite -----------------------------------------------------------------
 
 
@@ -1678,6 +1697,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "benchmarks-limits": _full(bench_limits),
     "quickstart": readme_quickstart,
     "startup": readme_startup,
+    "thread-contention": readme_thread_contention,
     "victim": readme_victim,
     "default-attack": readme_default_attack,
     "time-to-98": readme_time_to_98,
