@@ -156,20 +156,22 @@ class ReplayMemory:
             self._images = torch.empty(self.capacity, *images.shape[1:], dtype=torch.float16)
             self._answers = torch.empty(self.capacity, answers.shape[1])
         order = self._seen + torch.arange(len(images))  # each answer's rank among all answers
-        if self.uniform:
-            # Algorithm R: answer i fills a free slot, or replaces slot j drawn uniformly from [0, i]
-            # when j < capacity.
-            drawn = (torch.rand(len(images), generator=self._rng, dtype=torch.float64) * (order + 1)).long()
-            slots = torch.where(order < self.capacity, order, drawn)
-        else:
-            slots = order % self.capacity
-        # Where one batch writes a slot twice, the later answer stays (as if written one by one).
+        self._seen += len(images)
+        if not self.uniform:  # a ring: the latest `capacity` answers, each in its own slot
+            rows = order[-self.capacity :] % self.capacity
+            self._images[rows] = images[-self.capacity :].to(torch.float16)
+            self._answers[rows] = answers[-self.capacity :].float()
+            self._size = min(self._seen, self.capacity)
+            return
+        # Algorithm R: answer i fills a free slot, or replaces slot j drawn uniformly from [0, i]
+        # when j < capacity.  Where one batch draws a slot twice, the later answer stays.
+        drawn = (torch.rand(len(images), generator=self._rng, dtype=torch.float64) * (order + 1)).long()
+        slots = torch.where(order < self.capacity, order, drawn)
         last = {int(slot): i for i, slot in enumerate(slots.tolist()) if slot < self.capacity}
         if last:
             rows, sources = torch.tensor(list(last)), torch.tensor(list(last.values()))
             self._images[rows] = images[sources].to(torch.float16)
             self._answers[rows] = answers[sources].float()
-        self._seen += len(images)
         self._size = min(self._seen, self.capacity)
 
     def sample(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
