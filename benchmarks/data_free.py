@@ -6,8 +6,9 @@ Curves come from one run per (attacker, defender): nothing in a data-free attack
 its budget (the clone's learning rate falls with the queries spent, not with the fraction of a
 budget), so the clone it holds after b queries is the clone a run with budget b returns (see
 `mea.attacks.data_free.Session.next_round`); it is scored on MNIST test at every checkpoint.
-Defended curves stop at 200,000 queries (a defended 2M-query run takes 45-60 min on one core of
-this machine): there the gated ones sit at chance with every query flagged.
+Defended curves stop at 200,000 queries (at the defended speeds measured, a 2M-query run takes from
+14 min for MAZE to 84 min for DFMS on one core of this machine): there the gated ones sit at
+chance with every query flagged.
 
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part curves-a
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part curves-b
