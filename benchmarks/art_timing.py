@@ -41,7 +41,7 @@ from benchmarks.provenance import RESULTS, Provenance
 from mea import models
 from mea.attacks import make_strategy
 from mea.attacks.extract import extract
-from mea.config import LabelLoss, MnistSplits, Schedule, TrainConfig
+from mea.config import LabelLoss, Splits, Schedule, TrainConfig
 from mea.data import Pool, load
 from mea.oracle import Label, VictimOracle
 from mea.seeding import generator
@@ -57,7 +57,7 @@ class Setup:
     def __init__(self, victim_dir: Path) -> None:
         self.victim = load_victim(victim_dir)
         train = load("mnist", "train")
-        self.pool_images = train.images[MnistSplits().victim_train]
+        self.pool_images = train.images[Splits().victim_train]
         self.test = load("mnist", "test")
 
     def queries(self, seed: int) -> torch.Tensor:

@@ -471,7 +471,7 @@ def evaluate(victim_dir: Path, defense_dir: Path, threads: int) -> dict:
     # The fingerprint, from the owner's own references (seeds apart from the population's).
     fp_path = CACHE / "fingerprint.safetensors"
     if not fp_path.exists():
-        fingerprint = fingerprint_victim(victim, mnist("train"), FingerprintConfig(seed=1000))
+        fingerprint = fingerprint_victim(victim, FingerprintConfig(seed=1000))
         fp_path.parent.mkdir(parents=True, exist_ok=True)
         fingerprint.save(fp_path)
     fingerprint = Fingerprint.load(fp_path)

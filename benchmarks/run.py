@@ -57,7 +57,7 @@ from benchmarks.render import benchmarks_page
 from mea import models
 from mea.attacks import make_strategy
 from mea.attacks.extract import extract
-from mea.data import MnistSplits, Pool, load
+from mea.data import Splits, Pool, load
 from mea.defenses.detector import DetectorConfig
 from mea.defenses.store import Defense, fit_defense, load_defense
 from mea.metrics import agreement
@@ -93,7 +93,7 @@ class Bench:
     def __init__(self, victim: Victim, defense: Defense, plan: Plan) -> None:
         self.victim, self.defense, self.plan = victim, defense, plan
         train = load("mnist", "train")
-        splits = MnistSplits()
+        splits = Splits()
         self.test = load("mnist", "test")
         # Attackers draw from the victim's training split; ART's search is judged on the held-out
         # calibration split (true labels), never on MNIST test.

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from mea.data import MnistSplits, load, make_pool
+from mea.data import Splits, load, make_pool
 from mea.defenses.detector import DetectorConfig, OodDetector
 from mea.defenses.policies import DirichletNoise, GaussianNoise, Misinformation, TopOnePreserving, parse_policy
 from mea.defenses.store import fit_defense, load_defense
@@ -21,7 +21,7 @@ SECRET = bytes(range(32))
 @pytest.fixture(scope="module")
 def mnist(data_dir):
     train = load("mnist", "train", data_dir)
-    splits = MnistSplits()
+    splits = Splits()
     return train.subset(slice(0, 20_000)), train.subset(splits.calibration), load("mnist", "test", data_dir)
 
 

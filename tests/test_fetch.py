@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mea.data import MnistSplits, datasets, idx
+from mea.data import Splits, datasets, idx
 from mea.data.catalog import MNIST, DatasetSpec, IdxFile
 from mea.data.fetch import DirectorySource, MirrorSource, NpmSource, damaged_files, fetch
 from mea.errors import DataError
@@ -27,7 +27,7 @@ def tiny_spec(rng: np.random.Generator) -> tuple[DatasetSpec, dict[str, bytes]]:
     }
     raw = {stem: idx.encode(a) for stem, a in arrays.items()}
     files = [IdxFile(stem, hashlib.sha256(raw[stem]).hexdigest(), arrays[stem].shape) for stem in arrays]
-    spec = DatasetSpec("tiny", *files, mirrors=("http://127.0.0.1:9/",))
+    spec = DatasetSpec("tiny", "tiny", "tiny-train", tuple("0123456789"), *files, mirrors=("http://127.0.0.1:9/",))
     return spec, raw
 
 
@@ -160,8 +160,9 @@ def test_real_mnist_from_the_cache(data_dir):
 
 
 def test_splits_are_disjoint_and_recorded():
-    splits = MnistSplits()
+    splits = Splits()
     assert splits.victim_train == slice(0, 55000) and splits.calibration == slice(55000, 60000)
     assert splits.describe()["evaluation"] == "mnist test[0:10000]"
+    assert Splits("fashion-mnist").describe()["calibration"] == "fashion-mnist train[55000:60000]"
     with pytest.raises(Exception, match="calibration split size"):
-        MnistSplits(60000)
+        Splits(calibration_size=60000)

@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from mea.data.catalog import MNIST
+from mea.data.catalog import DATASETS, DEFAULT_DATASET, dataset_spec
 from mea.errors import ConfigError
 
 ARCH_NAMES = ("lenet5", "small-cnn", "mlp")
-POOL_NAMES = ("mnist-train", "fashion-mnist", "uniform", "gaussian")
+DATASET_NAMES = tuple(DATASETS)
+# One pool per built-in dataset (its training images), then the noise pools; a path also names a pool.
+POOL_NAMES = (*(spec.pool for spec in DATASETS.values()), "uniform", "gaussian")
 STRATEGY_NAMES = (
     "random",
     "jbda",
@@ -126,36 +128,41 @@ VICTIM_TRAINING = TrainConfig(epochs=15, lr=3e-3, batch_size=128, loss=LabelLoss
 
 
 @dataclass(frozen=True)
-class MnistSplits:
-    """Which MNIST images serve whom.
+class Splits:
+    """Which images of the victim's dataset serve whom.
 
-    The victim trains on MNIST train minus a calibration split held out for the defender (by
-    default the last 5,000 images); every evaluation uses MNIST test, which no attacker pool holds.
+    The victim trains on the dataset's training images minus a calibration split held out for the
+    defender (by default the last 5,000); every evaluation uses its test images, which no attacker
+    pool holds.
     """
 
+    dataset: str = DEFAULT_DATASET
     calibration_size: int = 5000
 
     def __post_init__(self) -> None:
-        if not 0 < self.calibration_size < MNIST.train_images.shape[0]:
-            raise ConfigError(
-                f"calibration split size must be between 1 and {MNIST.train_images.shape[0] - 1}, "
-                f"got {self.calibration_size}"
-            )
+        size = self.train_size
+        if not 0 < self.calibration_size < size:
+            raise ConfigError(f"calibration split size must be between 1 and {size - 1}, got {self.calibration_size}")
+
+    @property
+    def train_size(self) -> int:
+        return dataset_spec(self.dataset).train_images.shape[0]
 
     @property
     def victim_train(self) -> slice:
-        return slice(0, MNIST.train_images.shape[0] - self.calibration_size)
+        return slice(0, self.train_size - self.calibration_size)
 
     @property
     def calibration(self) -> slice:
-        return slice(MNIST.train_images.shape[0] - self.calibration_size, MNIST.train_images.shape[0])
+        return slice(self.train_size - self.calibration_size, self.train_size)
 
     def describe(self) -> dict:
+        test_size = dataset_spec(self.dataset).test_images.shape[0]
         return {
             **asdict(self),
-            "victim_train": f"mnist train[{self.victim_train.start}:{self.victim_train.stop}]",
-            "calibration": f"mnist train[{self.calibration.start}:{self.calibration.stop}]",
-            "evaluation": "mnist test[0:10000]",
+            "victim_train": f"{self.dataset} train[{self.victim_train.start}:{self.victim_train.stop}]",
+            "calibration": f"{self.dataset} train[{self.calibration.start}:{self.calibration.stop}]",
+            "evaluation": f"{self.dataset} test[0:{test_size}]",
         }
 
 
@@ -163,7 +170,7 @@ class MnistSplits:
 class VictimConfig:
     arch: str = "lenet5"
     train: TrainConfig = VICTIM_TRAINING
-    splits: MnistSplits = field(default_factory=MnistSplits)
+    splits: Splits = field(default_factory=Splits)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -276,7 +283,7 @@ class EvaluationConfig:
 
 # --- the service ----------------------------------------------------------------------------
 
-MODEL_NAME = "lenet-mnist"
+MODEL_NAME = "lenet-mnist"  # the name `mea serve` gives its model by default
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A victim (`mea attack --victim model.onnx`) and a suspect (`mea verify --suspect model.onnx`) are
 read the same way.  Nothing here unpickles: a pickle (a `torch.save` file) is refused with a way to
-convert it.  Today every model must classify 28x28 grey images into 10 classes (the MNIST task).
+convert it.  Today every model must classify 28x28 grey images into 10 classes (the shape of the
+built-in tasks, mea.data.catalog).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def confusion_matrix_png(matrix: list[list[int]], title: str, path: Path) -> Non
     plt.close(fig)
 
 
-def roc_png(curves: dict[str, tuple], title: str, path: Path) -> None:
+def roc_png(curves: dict[str, tuple], title: str, path: Path, in_distribution: str) -> None:
     """ROC curves, one per source: {name: (false-positive rates, true-positive rates, AUROC)}."""
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
     for name, (fpr, tpr, auroc) in curves.items():
@@ -49,7 +49,7 @@ def roc_png(curves: dict[str, tuple], title: str, path: Path) -> None:
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false-positive rate: MNIST test flagged (log scale below 0.1%)")
+    ax.set_xlabel(f"false-positive rate: {in_distribution} test flagged (log scale below 0.1%)")
     ax.set_ylabel("true-positive rate: queries flagged")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mea import plots  # sets the Agg backend before pyplot is imported
+from mea.data.catalog import DEFAULT_DATASET, title
 from mea.errors import ArtifactError
 from mea.experiments.records import read_results, results_path
 from mea.experiments.seed_table import HEADER as SEED_TABLE_HEADER
@@ -139,6 +140,11 @@ def _benign(r: dict) -> float:
 # --- sections --------------------------------------------------------------------------------
 
 
+def _task(records: list[dict]) -> str:
+    """The victims' test set, as reports name it ("MNIST"; records before datasets were a choice are MNIST's)."""
+    return ", ".join(sorted({title(r.get("dataset", DEFAULT_DATASET)) for r in records}))
+
+
 def _overview(path: Path, records: list[dict]) -> Section:
     versions = records[-1]["versions"]
     seeds = sorted({r["seed"] for r in records})
@@ -147,7 +153,7 @@ def _overview(path: Path, records: list[dict]) -> Section:
         "Overview",
         f"{len(records)} finished trials from `{path}`; seeds {', '.join(map(str, seeds))}; "
         f"victim {', '.join(victims)}; mea {versions['mea']}, torch {versions['torch']}, "
-        f"Python {versions['python']}. Accuracy and fidelity are measured on the 10,000 MNIST test images; "
+        f"Python {versions['python']}. Accuracy and fidelity are measured on the {_task(records)} test images; "
         "fidelity is the share of them on which the clone's top-1 class equals the victim's. "
         "Spreads are one standard deviation over seeds.",
     )
@@ -161,8 +167,9 @@ def _seed_table(records: list[dict]) -> Section | None:
     seeds = sorted({r["seed"] for _, found in rows for r in found})
     return Section(
         "The study's table, rerun",
-        f"The study's settings (Adam, batch 512, constant learning rate, 60,000 probability answers to MNIST "
-        f"training images), beside its reported numbers; mean over seeds {', '.join(map(str, seeds))}. "
+        f"The study's settings (Adam, batch 512, constant learning rate, 60,000 probability answers to "
+        f"{_task(records)} training images), beside its reported numbers; "
+        f"mean over seeds {', '.join(map(str, seeds))}. "
         "Time is the clone's training time in seconds.",
         tables=[(header, body)],
     )
@@ -181,8 +188,13 @@ def _budget_curves(records: list[dict], out: Path) -> Section | None:
         "bars one standard deviation.",
     )
     for name, metric, ylabel, what in (
-        ("accuracy_vs_budget.png", _accuracy, "clone accuracy on MNIST test (%)", "accuracy"),
-        ("fidelity_vs_budget.png", _fidelity, "fidelity: agreement with the victim on MNIST test (%)", "fidelity"),
+        ("accuracy_vs_budget.png", _accuracy, f"clone accuracy on {_task(records)} test (%)", "accuracy"),
+        (
+            "fidelity_vs_budget.png",
+            _fidelity,
+            f"fidelity: agreement with the victim on {_task(records)} test (%)",
+            "fidelity",
+        ),
     ):
         series, spreads = {}, {}
         for values, found in groups.items():
@@ -247,8 +259,8 @@ def _tradeoff(records: list[dict], out: Path) -> Section | None:
                     str(len(rs)),
                 ]
             )
-    ax.set_xlabel("benign accuracy: honest users' top-1 on MNIST test (%)")
-    ax.set_ylabel("clone accuracy on MNIST test (%)")
+    ax.set_xlabel(f"benign accuracy: honest users' top-1 on {_task(records)} test (%)")
+    ax.set_ylabel(f"clone accuracy on {_task(records)} test (%)")
     ax.set_title("defense trade-off: a defender wants the lower right", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -284,7 +296,9 @@ def _best_clone(records: list[dict], out: Path) -> Section:
     return Section(
         "The best clone",
         f"Trial {best['hash']} ({description}): accuracy {_accuracy(best):.2f}%, fidelity {_fidelity(best):.2f}%.",
-        figures=[("confusion_best_clone.png", "Confusion matrix of the best clone on MNIST test (counts).")],
+        figures=[
+            ("confusion_best_clone.png", f"Confusion matrix of the best clone on {_task(records)} test (counts).")
+        ],
     )
 
 

@@ -83,7 +83,10 @@ def fit(
     if n == 0:
         raise ConfigError("nothing to train on: the transfer set is empty")
     if config.true_label_weight > 0 and true_labels is None:
-        raise ConfigError("true-label weight > 0 needs a pool with labels (mnist-train or fashion-mnist)")
+        raise ConfigError(
+            "true-label weight > 0 needs a pool with labels (a built-in dataset's pool, or your own labelled "
+            "images: an .npz with 'labels' or a folder per class)"
+        )
     start = time.perf_counter()
     model.train()
     images = as_input(images)

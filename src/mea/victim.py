@@ -1,8 +1,12 @@
-"""The victim: trained by its owner on MNIST train minus the calibration split, stored in a directory.
+"""The victim: trained by its owner on a dataset's training images minus the calibration split,
+stored in a directory; or a model file (ONNX, mea safetensors) the owner brings.
 
 A victim directory holds `model.safetensors` (weights, architecture in the header),
-`config.json` (resolved configuration, splits, command line) and `metrics.json` with a confusion
-matrix PNG.  Everything downstream names the victim by this directory and checks its fingerprint.
+`config.json` (resolved configuration, dataset, splits, command line) and `metrics.json` with a
+confusion matrix PNG.  A model file can say what a file cannot in a sidecar beside it, `MODEL.json`
+(`SIDECAR_KEYS`): its dataset (built-in name, or a path relative to the sidecar), class names and
+calibration split.  Everything downstream names the victim by its directory or file and checks its
+fingerprint.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import torch
 from torch import nn
 
 from mea import __version__, models
-from mea.config import MnistSplits
+from mea.config import Splits
 from mea.config import VictimConfig as VictimConfig  # re-exported
-from mea.data import load
+from mea.data import ImageSet, load
+from mea.data.catalog import DATASETS, DEFAULT_DATASET, title
+from mea.errors import ArtifactError, DataError
 from mea.metrics import classification_metrics
 from mea.model_files import load_classifier
+from mea.models import NUM_CLASSES
 from mea.plots import confusion_matrix_png
 from mea.runs import VICTIM_WEIGHTS, check_victim_directory, command_line, read_json, run_directory, write_json
 from mea.seeding import derive_seed, generator
@@ -39,10 +46,51 @@ class Victim:
     config: dict
 
     @property
-    def splits(self) -> MnistSplits:
-        """The MNIST train splits this victim was trained with (its calibration split is the defender's)."""
+    def dataset(self) -> str:
+        """The victim's task: a built-in dataset's name, or a path to the owner's own images."""
+        return self.config.get("dataset", DEFAULT_DATASET)
+
+    @property
+    def dataset_title(self) -> str:
+        return title(self.dataset)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        names = self.config.get("class_names")
+        if names:
+            return tuple(names)
+        return DATASETS[self.dataset].class_names if self.dataset in DATASETS else tuple(map(str, range(NUM_CLASSES)))
+
+    @property
+    def splits(self) -> Splits:
+        """The training splits of the victim's dataset (its calibration split is the defender's)."""
+        if self.dataset not in DATASETS:
+            raise DataError(
+                f"the defender's calibration split is a part of a built-in dataset's training images; "
+                f"the victim's dataset {self.dataset} is not one: name a built-in dataset in {self.directory}'s sidecar"
+            )
         record = self.config.get("splits", {})
-        return MnistSplits(int(record.get("calibration_size", MnistSplits().calibration_size)))
+        return Splits(self.dataset, int(record.get("calibration_size", Splits().calibration_size)))
+
+    def test_set(self, data_dir: Path | None = None) -> ImageSet:
+        """The images every evaluation of this victim uses: its dataset's test part."""
+        return self._fitting(load(self.dataset, "test", data_dir))
+
+    def calibration_set(self, data_dir: Path | None = None) -> ImageSet:
+        """The defender's held-out in-distribution images (never trained on, never evaluated on)."""
+        return self._fitting(load(self.dataset, "train", data_dir).subset(self.splits.calibration))
+
+    def training_set(self, data_dir: Path | None = None) -> ImageSet:
+        """The images the victim was trained on (the defender owns them)."""
+        return self._fitting(load(self.dataset, "train", data_dir).subset(self.splits.victim_train))
+
+    def _fitting(self, data: ImageSet) -> ImageSet:
+        if len(data) and int(data.labels.max()) >= NUM_CLASSES:
+            raise DataError(
+                f"{self.dataset} has labels up to {int(data.labels.max())}, but the victim {self.directory} "
+                f"answers {NUM_CLASSES} classes; evaluate it on data of its own task"
+            )
+        return data
 
 
 def train_victim(
@@ -51,10 +99,11 @@ def train_victim(
     """Train a victim into `out` and return its metrics.json content."""
     start = time.perf_counter()
     with run_directory(out, force) as scratch:
-        train_set = load("mnist", "train", data_dir).subset(config.splits.victim_train)
-        test = load("mnist", "test", data_dir)
+        dataset = config.splits.dataset
+        train_set = load(dataset, "train", data_dir).subset(config.splits.victim_train)
+        test = load(dataset, "test", data_dir)
         model = models.build(config.arch, derive_seed(config.seed, "victim-init"))
-        one_hot = nn.functional.one_hot(train_set.labels, 10).float()
+        one_hot = nn.functional.one_hot(train_set.labels, NUM_CLASSES).float()
         report = fit(
             model,
             train_set.images,
@@ -68,6 +117,7 @@ def train_victim(
         models.save(model, config.arch, scratch / WEIGHTS)
         resolved = {
             **asdict(config),
+            "dataset": dataset,
             "splits": config.splits.describe(),
             "mea_version": __version__,
             "command": command_line(),
@@ -83,20 +133,71 @@ def train_victim(
         write_json(scratch / "metrics.json", metrics)
         confusion_matrix_png(
             victim_metrics.confusion_matrix,
-            f"victim {config.arch}: accuracy {victim_metrics.accuracy:.2%}",
+            f"victim {config.arch} on {title(dataset)}: accuracy {victim_metrics.accuracy:.2%}",
             scratch / "confusion_victim.png",
         )
     return metrics
 
 
+# What a model file's sidecar may say (a victim directory's config.json says it all).
+SIDECAR_KEYS = ("dataset", "class_names", "calibration_size")
+
+
+def sidecar_path(model_file: Path) -> Path:
+    return Path(model_file).with_suffix(".json")
+
+
+def read_sidecar(model_file: Path) -> dict:
+    """The victim record a model file's sidecar gives (empty without one: the defaults stand in)."""
+    path = sidecar_path(model_file)
+    if not path.is_file():
+        return {}
+    record = read_json(path, "fix or remove the sidecar")
+    if not isinstance(record, dict) or set(record) - set(SIDECAR_KEYS):
+        raise ArtifactError(
+            f"{path} may hold only the keys {', '.join(SIDECAR_KEYS)}; "
+            f"found {sorted(record) if isinstance(record, dict) else type(record).__name__}"
+        )
+    config: dict = {}
+    if "dataset" in record:
+        dataset = str(record["dataset"])
+        if dataset not in DATASETS:
+            dataset = str((path.parent / dataset).resolve())
+            if not Path(dataset).exists():
+                raise ArtifactError(
+                    f"{path} names dataset {record['dataset']!r}, which is neither built in nor a path that exists"
+                )
+        config["dataset"] = dataset
+    if "class_names" in record:
+        names = record["class_names"]
+        if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, str) for n in names):
+            raise ArtifactError(
+                f"{path}: class_names must be a list of {NUM_CLASSES} strings, the model's classes in order"
+            )
+        config["class_names"] = names
+    if "calibration_size" in record:
+        config["splits"] = {"calibration_size": int(record["calibration_size"])}
+    return config
+
+
+def write_sidecar(victim: Victim, model_file: Path) -> Path:
+    """Record beside an exported model file what its victim directory knew: dataset, classes, split."""
+    record = {"dataset": victim.dataset, "class_names": list(victim.class_names)}
+    if victim.dataset in DATASETS:
+        record["calibration_size"] = victim.splits.calibration_size
+    write_json(sidecar_path(model_file), record)
+    return sidecar_path(model_file)
+
+
 def load_victim(directory: Path) -> Victim:
     """A victim from a directory `mea train-victim` wrote, or from a model file (mea safetensors or
-    ONNX, `mea.model_files`): a file carries no training record, so the defaults stand in for it."""
+    ONNX, `mea.model_files`) with its optional sidecar (`read_sidecar`)."""
     directory = Path(directory)
     weights = check_victim_directory(directory)
     if directory.is_file():
+        config = read_sidecar(directory)
         model, arch = load_classifier(weights)
-        return Victim(directory, model, arch, models.fingerprint(weights), {})
+        return Victim(directory, model, arch, models.fingerprint(weights), config)
     model, arch = models.load(weights)
     config = read_json(directory / "config.json", "the victim directory is incomplete; retrain it")
     return Victim(directory, model, arch, models.fingerprint(weights), config)

@@ -44,7 +44,7 @@ class DigitPrior:
         if pool is None or len(pool) < self.digits:
             raise ConfigError(
                 f"the detector-aware attacker models {self.digits} public digits from its pool; "
-                "name a pool of at least that many images with --pool (e.g. mnist-train)"
+                "name a pool of at least that many images with --pool (a built-in dataset's, or your own by path)"
             )
 
     def fit(self, pool: Pool, rng: torch.Generator) -> PenaltyFn:

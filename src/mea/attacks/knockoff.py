@@ -70,7 +70,7 @@ class AdaptiveKnockoff:
         if pool.labels is None:
             raise ConfigError(
                 f"{self.name} draws from the classes of a labelled surrogate pool; {pool.name} has no labels, "
-                "use --pool mnist-train or --pool fashion-mnist"
+                "use a built-in dataset's pool (see `mea attack --help`) or your own labelled images by path"
             )
         if isinstance(output, Label):
             raise ConfigError(

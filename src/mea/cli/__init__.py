@@ -33,7 +33,7 @@ from mea.errors import MeaError
     help="Torch threads [default: $MEA_THREADS, else the usable CPU cores not busy with other processes].",
 )
 def main(threads: int | None) -> None:
-    """Model extraction attacks and defenses on a served MNIST digit classifier."""
+    """Model extraction attacks and defenses on a served image classifier (an MNIST digit reader by default)."""
     # Only recorded here (click keeps it in the root context): each command that computes applies
     # it with mea.cli.common.use_threads, so that --help never imports torch.
 

@@ -77,7 +77,8 @@ from mea.errors import MeaError
     "--pool",
     default=default_of(AttackConfig, "pool"),
     show_default=True,
-    help=f"Attacker's query pool: {names(POOL_NAMES)}; the data-free strategies (dfme, maze, dfms) use none.",
+    help=f"Attacker's query pool: {names(POOL_NAMES)}, or its own images by path (a .npz file, or a folder "
+    "of PNG/JPEG files, one subfolder per class when labelled); the data-free strategies (dfme, maze, dfms) use none.",
 )
 @click.option(
     "--output",
@@ -161,7 +162,7 @@ def attack_command(
     )
     victim = load_victim(victim_dir)
     metrics = run_attack(config, victim, data_dir, oracle=oracle, out=out, force=force, progress=not quiet)
-    print_metrics(metrics, metrics["time_s"], metrics["queries"])
+    print_metrics(metrics, metrics["time_s"], metrics["config"]["dataset"], metrics["queries"])
     if metrics["refused_after"] is not None:
         console().print(
             f"[yellow]the service refused further queries after {metrics['refused_after']:,}; "

@@ -230,10 +230,14 @@ def train_options(func: Callable) -> Callable:
 # --- printing -------------------------------------------------------------------------------
 
 
-def print_metrics(metrics: dict, time_s: dict, queries: int | None = None) -> None:
+def print_metrics(metrics: dict, time_s: dict, dataset: str, queries: int | None = None) -> None:
+    """The victim's and the clone's metrics on the victim's test set (`dataset` names it)."""
     from rich.table import Table
 
-    table = Table(title="MNIST test (10,000 images)")
+    from mea.data.catalog import title
+
+    images = sum(map(sum, metrics["victim"]["confusion_matrix"]))
+    table = Table(title=f"{title(dataset)} test ({images:,} images)")
     table.add_column("model")
     for name in ("accuracy", "loss", "precision", "recall", "F1", "fidelity"):
         table.add_column(name, justify="right")

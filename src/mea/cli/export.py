@@ -29,7 +29,8 @@ from mea.errors import ArtifactError
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write, e.g. victim.onnx.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def export_command(victim_dir: Path, file_format: str, out: Path, force: bool) -> None:
-    """Write the victim as a model file, checked to answer as the victim does (float tolerance)."""
+    """Write the victim as a model file, checked to answer as the victim does (float tolerance), with
+    a sidecar MODEL.json beside it naming its dataset, classes and calibration split."""
     from mea.runs import check_victim_directory, check_writable
 
     check_victim_directory(victim_dir)
@@ -40,11 +41,15 @@ def export_command(victim_dir: Path, file_format: str, out: Path, force: bool) -
     check_writable(out)
     use_threads()
     from mea.model_files import export_onnx
-    from mea.victim import load_victim
+    from mea.victim import load_victim, write_sidecar
 
     victim = load_victim(victim_dir)
     if victim.arch == "onnx":
         raise ArtifactError(f"{victim_dir} is already an ONNX model; copy the file")
     out.parent.mkdir(parents=True, exist_ok=True)
     difference = export_onnx(victim.model, out)
-    console().print(f"{file_format} model written to {out} (largest logit difference from the victim {difference:.1e})")
+    sidecar = write_sidecar(victim, out)
+    console().print(
+        f"{file_format} model written to {out} (largest logit difference from the victim {difference:.1e}), "
+        f"its dataset and classes to {sidecar}"
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mea.cli.common import console, data_dir_option, extra_needed, force_option, positive_int, use_threads
+from mea.config import MODEL_NAME
 from mea.errors import MeaError
 from mea.ownership.config import DEFAULT_ALPHA, Budget, FingerprintConfig
 
@@ -50,7 +51,7 @@ def _alpha(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option(
     "--api-key", envvar="MEA_API_KEY", default=None, help="Key for --url [default: $MEA_API_KEY]; never recorded."
 )
-@click.option("--model", "model_name", default="lenet-mnist", show_default=True, help="Model name at --url.")
+@click.option("--model", "model_name", default=MODEL_NAME, show_default=True, help="Model name at --url.")
 @click.option(
     "--evidence",
     type=click.Path(path_type=Path),
@@ -285,11 +286,10 @@ def fingerprint_make(victim_dir, out, references, surrogates, epochs, size, epsi
     if out.exists() and not force:
         raise MeaError(f"{out} exists; choose another --out or pass --force to replace it")
     use_threads()
-    from mea.data import load
     from mea.ownership.fingerprint import fingerprint_victim
     from mea.victim import load_victim
 
-    made = fingerprint_victim(load_victim(victim_dir), load("mnist", "train", data_dir), config)
+    made = fingerprint_victim(load_victim(victim_dir), config, data_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     made.save(out)
     rates = ", ".join(f"{m / len(made):.1%}" for m in made.reference_matches)

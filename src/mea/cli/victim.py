@@ -20,11 +20,18 @@ from mea.cli.common import (
     seed_option,
     use_threads,
 )
-from mea.config import ARCH_NAMES, VICTIM_TRAINING, MnistSplits, VictimConfig
+from mea.config import ARCH_NAMES, DATASET_NAMES, VICTIM_TRAINING, Splits, VictimConfig
 
 
 @click.command("train-victim")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create for the victim.")
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASET_NAMES),
+    default=default_of(Splits, "dataset"),
+    show_default=True,
+    help="The victim's task: a built-in dataset, fetched into the cache on first use.",
+)
 @click.option(
     "--arch",
     default=default_of(VictimConfig, "arch"),
@@ -65,10 +72,10 @@ from mea.config import ARCH_NAMES, VICTIM_TRAINING, MnistSplits, VictimConfig
 @click.option(
     "--calibration-size",
     type=int,
-    default=default_of(MnistSplits, "calibration_size"),
+    default=default_of(Splits, "calibration_size"),
     show_default=True,
     callback=positive_int,
-    help="Last MNIST training images held out for the defender's calibration.",
+    help="Last training images of the dataset held out for the defender's calibration.",
 )
 @seed_option(default_of(VictimConfig, "seed"))
 @data_dir_option
@@ -76,6 +83,7 @@ from mea.config import ARCH_NAMES, VICTIM_TRAINING, MnistSplits, VictimConfig
 @quiet_option
 def train_victim_command(
     out: Path,
+    dataset: str,
     arch: str,
     epochs: int,
     lr: float,
@@ -87,17 +95,17 @@ def train_victim_command(
     force: bool,
     quiet: bool,
 ) -> None:
-    """Train the victim LeNet-5 on MNIST train minus the calibration split."""
+    """Train a victim on a dataset's training images minus the calibration split."""
     from mea.runs import check_out
 
     train = dataclasses.replace(VICTIM_TRAINING, epochs=epochs, lr=lr, batch_size=batch_size, shift=shift)
-    config = VictimConfig(arch=arch, train=train, splits=MnistSplits(calibration_size), seed=seed)
+    config = VictimConfig(arch=arch, train=train, splits=Splits(dataset, calibration_size), seed=seed)
     check_out(out, force)  # before torch is imported: a mistake costs no seconds
     use_threads()
     from mea.victim import train_victim
 
     metrics = train_victim(config, out, data_dir, force=force, progress=not quiet)
-    print_metrics({"victim": metrics["victim"]}, metrics["time_s"])
+    print_metrics({"victim": metrics["victim"]}, metrics["time_s"], dataset)
     console().print(f"victim written to [bold]{out}[/bold]")
 
 
@@ -114,25 +122,32 @@ def train_victim_command(
 @quiet_option
 def demo_command(out: Path, force: bool, data_dir: Path | None, quiet: bool) -> None:
     """The main job: fetch MNIST, train the victim, steal it with 60,000 queries, print the metrics."""
+    # The study's setting throughout: the default dataset, victim and attack.
     from mea.runs import check_out
 
     check_out(out, force)  # before any work: an existing demo is replaced only with --force
     use_threads()
     from mea.config import AttackConfig
-    from mea.data.catalog import MNIST
+    from mea.data.catalog import dataset_spec
     from mea.data.fetch import fetch, is_cached
     from mea.experiments.attack import run_attack
     from mea.victim import load_victim, train_victim
 
-    if not is_cached(MNIST, data_dir):
-        fetch(MNIST, data_dir)
-    console().print("[bold]1/2[/bold] training the victim LeNet-5 on MNIST (55,000 images)")
-    train_victim(VictimConfig(), out / "victim", data_dir, force=True, progress=not quiet)
-    console().print("[bold]2/2[/bold] stealing it: 60,000 probability queries from public MNIST, no true labels")
-    metrics = run_attack(
-        AttackConfig(), load_victim(out / "victim"), data_dir, out=out / "attack", force=True, progress=not quiet
+    victim_config, attack_config = VictimConfig(), AttackConfig()
+    spec = dataset_spec(victim_config.splits.dataset)
+    if not is_cached(spec, data_dir):
+        fetch(spec, data_dir)
+    train_images = victim_config.splits.victim_train.stop
+    console().print(f"[bold]1/2[/bold] training the victim LeNet-5 on {spec.title} ({train_images:,} images)")
+    train_victim(victim_config, out / "victim", data_dir, force=True, progress=not quiet)
+    console().print(
+        f"[bold]2/2[/bold] stealing it: {attack_config.queries:,} {attack_config.output} queries from the "
+        f"{attack_config.pool} pool, no true labels"
     )
-    print_metrics(metrics, metrics["time_s"], metrics["queries"])
+    metrics = run_attack(
+        attack_config, load_victim(out / "victim"), data_dir, out=out / "attack", force=True, progress=not quiet
+    )
+    print_metrics(metrics, metrics["time_s"], spec.name, metrics["queries"])
     console().print(
         f"victim: [bold]{out / 'victim'}[/bold]   attack: [bold]{out / 'attack'}[/bold] "
         "(metrics.json, config.json, confusion_*.png, *.safetensors)"

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 _HOMES = {
     "ImageSet": "mea.data.datasets",
     "load": "mea.data.datasets",
-    "MnistSplits": "mea.config",
+    "Splits": "mea.config",
     "POOLS": "mea.data.pools",
     "Pool": "mea.data.pools",
     "make_pool": "mea.data.pools",
 }
 
 if TYPE_CHECKING:
-    from mea.config import MnistSplits
+    from mea.config import Splits
     from mea.data.datasets import ImageSet, load
     from mea.data.pools import POOLS, Pool, make_pool
 
@@ -30,4 +30,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(_HOMES[name]), name)
 
 
-__all__ = ["POOLS", "ImageSet", "MnistSplits", "Pool", "load", "make_pool"]
+__all__ = ["POOLS", "ImageSet", "Pool", "Splits", "load", "make_pool"]

@@ -7,6 +7,7 @@ recompressed .gz from Debian verify against the same value.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mea.errors import DataError
 
@@ -22,9 +23,15 @@ class IdxFile:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset of 28x28 grey images with 10 classes, stored as four IDX files."""
+    """A built-in dataset of 28x28 grey images with 10 classes, stored as four IDX files.
+
+    Each is a victim's task (`mea train-victim --dataset NAME`) and an attacker's pool (its training
+    images, under `pool`); images of a user's own dataset are read from a path (mea.data.files)."""
 
     name: str
+    title: str  # how reports and tables name it
+    pool: str  # the attacker pool of its training images
+    class_names: tuple[str, ...]
     train_images: IdxFile
     train_labels: IdxFile
     test_images: IdxFile
@@ -41,6 +48,9 @@ class DatasetSpec:
 
 MNIST = DatasetSpec(
     name="mnist",
+    title="MNIST",
+    pool="mnist-train",
+    class_names=tuple(str(digit) for digit in range(10)),
     train_images=IdxFile(
         "train-images-idx3-ubyte",
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -70,6 +80,20 @@ MNIST = DatasetSpec(
 
 FASHION_MNIST = DatasetSpec(
     name="fashion-mnist",
+    title="Fashion-MNIST",
+    pool="fashion-mnist",
+    class_names=(
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
     train_images=IdxFile(
         "train-images-idx3-ubyte",
         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -96,10 +120,20 @@ FASHION_MNIST = DatasetSpec(
 )
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
+# The task of a victim that names none: every victim before datasets were a choice, and the study's.
+DEFAULT_DATASET = MNIST.name
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, or pass a .npz file or an image "
+            "folder by path"
+        ) from None
+
+
+def title(name: str) -> str:
+    """How tables and plots name a dataset: "MNIST", or a user's file or folder by its name."""
+    return DATASETS[name].title if name in DATASETS else Path(name).name

@@ -1,4 +1,5 @@
-"""Datasets as in-memory tensors, and the explicit splits every experiment records.
+"""Datasets as in-memory tensors: the built-in ones (mea.data.catalog) and a user's own by path
+(mea.data.files).
 
 Images are float32 in [0, 1], shape (N, 1, 28, 28); labels are int64, shape (N,).
 """
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mea.data import fetch, idx
-from mea.data.catalog import DatasetSpec, IdxFile, dataset_spec
+from mea.data import fetch, files, idx
+from mea.data.catalog import DATASETS, DatasetSpec, IdxFile, dataset_spec
 from mea.errors import ConfigError, DataError
 
 
@@ -56,10 +57,19 @@ def _as_images(array: np.ndarray) -> torch.Tensor:
 
 
 def load(name: str | DatasetSpec, part: str, data_dir: Path | None = None) -> ImageSet:
-    """Load the "train" or "test" part of a dataset, fetching it into the cache on first use."""
-    spec = dataset_spec(name) if isinstance(name, str) else name
+    """Load the "train" or "test" part of a dataset, fetching a built-in one into the cache on first
+    use; a name that is a path (a .npz file or an image folder) is read from there."""
     if part not in ("train", "test"):
         raise ConfigError(f"unknown part {part!r}; use 'train' or 'test'")
+    if isinstance(name, str) and name not in DATASETS and files.is_path(name):
+        found = files.read(name, part)
+        if found.labels is None:
+            raise DataError(
+                f"{name} has no labels, which an evaluation set needs: put its images in one subfolder per "
+                "class, or add a 'labels' array"
+            )
+        return ImageSet(found.images, found.labels)
+    spec = dataset_spec(name) if isinstance(name, str) else name
     if not fetch.is_cached(spec, data_dir):
         print(f"{spec.name} is not cached yet; fetching it once (see `mea data fetch --help`)", file=sys.stderr)
         fetch.fetch(spec, data_dir)

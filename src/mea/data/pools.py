@@ -1,28 +1,32 @@
 """Attacker query pools: the images an attacker can send to the victim.
 
-- ``mnist-train``: all 60,000 MNIST training images (the study's setting: the attacker holds
-  public MNIST; it never holds MNIST test, which is kept for evaluation).
-- ``fashion-mnist``: Fashion-MNIST training images, surrogate data from another distribution.
-- ``uniform``: pixels drawn uniformly from [0, 1].
-- ``gaussian``: pixels drawn from a normal with MNIST's pixel mean and deviation, clipped to [0, 1].
+- one per built-in dataset, its training images (mea.data.catalog names them: ``mnist-train`` is
+  the study's setting, the attacker holding public MNIST but never MNIST test, which is kept for
+  evaluation; ``fashion-mnist`` is surrogate data from another distribution for an MNIST victim);
+- ``uniform``: pixels drawn uniformly from [0, 1];
+- ``gaussian``: pixels drawn from a normal with a digit image's pixel mean and deviation, clipped to [0, 1];
+- a path: the attacker's own images, a .npz file or an image folder (mea.data.files), labels optional.
 
 Noise pools are generated from an explicit seed, so a pool is a pure function of (name, size, seed).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mea.data import files
+from mea.data.catalog import DATASETS, DatasetSpec
 from mea.data.datasets import load
 from mea.errors import ConfigError
 
-# MNIST's pixel statistics, so that Gaussian noise has the brightness of a digit image.
-MNIST_PIXEL_MEAN = 0.1307
-MNIST_PIXEL_STD = 0.3081
+# The pixel statistics of MNIST's training images, so that Gaussian noise has a digit's brightness.
+GAUSSIAN_POOL_MEAN = 0.1307
+GAUSSIAN_POOL_STD = 0.3081
 NOISE_POOL_SIZE = 60_000
 
 
@@ -38,14 +42,9 @@ class Pool:
         return len(self.images)
 
 
-def _mnist_train(data_dir: Path | None, size: int, seed: int) -> Pool:
-    data = load("mnist", "train", data_dir)
-    return Pool("mnist-train", data.images[:size], data.labels[:size])
-
-
-def _fashion(data_dir: Path | None, size: int, seed: int) -> Pool:
-    data = load("fashion-mnist", "train", data_dir)
-    return Pool("fashion-mnist", data.images[:size], data.labels[:size])
+def _dataset_pool(spec: DatasetSpec, data_dir: Path | None, size: int, seed: int) -> Pool:
+    data = load(spec, "train", data_dir)
+    return Pool(spec.pool, data.images[:size], data.labels[:size])
 
 
 def _uniform(data_dir: Path | None, size: int, seed: int) -> Pool:
@@ -55,26 +54,36 @@ def _uniform(data_dir: Path | None, size: int, seed: int) -> Pool:
 
 def _gaussian(data_dir: Path | None, size: int, seed: int) -> Pool:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(size, 1, 28, 28, generator=generator).mul_(MNIST_PIXEL_STD).add_(MNIST_PIXEL_MEAN)
+    images = torch.randn(size, 1, 28, 28, generator=generator).mul_(GAUSSIAN_POOL_STD).add_(GAUSSIAN_POOL_MEAN)
     return Pool("gaussian", images.clamp_(0.0, 1.0), None)
 
 
 POOLS: dict[str, Callable[[Path | None, int, int], Pool]] = {
-    "mnist-train": _mnist_train,
-    "fashion-mnist": _fashion,
+    **{spec.pool: functools.partial(_dataset_pool, spec) for spec in DATASETS.values()},
     "uniform": _uniform,
     "gaussian": _gaussian,
 }
 
 
 def check_pool_name(name: str) -> str:
-    if name not in POOLS:
-        raise ConfigError(f"unknown pool {name!r}; choose one of: {', '.join(POOLS)}")
-    return name
+    """A pool's name, or a path to the attacker's own images; a ConfigError naming the choices."""
+    if name in POOLS:
+        return name
+    if files.is_path(name):
+        if not Path(name).expanduser().exists():
+            raise ConfigError(f"no pool at {name}; pass a .npz file or an image folder that exists")
+        return name
+    raise ConfigError(
+        f"unknown pool {name!r}; choose one of: {', '.join(POOLS)}, or pass a .npz file or an image folder by path"
+    )
 
 
 def make_pool(name: str, data_dir: Path | None = None, size: int = NOISE_POOL_SIZE, seed: int = 0) -> Pool:
     """Build a pool of at most `size` images (datasets hold 60,000 training images)."""
     if size <= 0:
         raise ConfigError(f"pool size must be positive, got {size}")
-    return POOLS[check_pool_name(name)](data_dir, size, seed)
+    if name in POOLS:
+        return POOLS[name](data_dir, size, seed)
+    found = files.read(check_pool_name(name), "train")
+    labels = None if found.labels is None else found.labels[:size]
+    return Pool(name, found.images[:size], labels)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from mea import __version__
 from mea.config import DEFAULT_POLICY
-from mea.data import load
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.detector import DetectorConfig, OodDetector
 from mea.defenses.policies import Policy, parse_policy
@@ -88,8 +87,7 @@ def fit_defense(
     splits = victim.splits
     start = time.perf_counter()
     with run_directory(out, force) as scratch:
-        train = load("mnist", "train", data_dir)
-        fit_set, calibration = train.subset(splits.victim_train), train.subset(splits.calibration)
+        fit_set, calibration = victim.training_set(data_dir), victim.calibration_set(data_dir)
         detector = OodDetector.fit(victim.model, fit_set.images, fit_set.labels, calibration.images, config)
         detector.save(scratch)
         calibration_fpr = float(

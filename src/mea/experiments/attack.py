@@ -16,7 +16,7 @@ from mea import __version__, models
 from mea.attacks import extract, make_strategy
 from mea.config import NO_POOL
 from mea.config import AttackConfig as AttackConfig  # re-exported
-from mea.data import load, make_pool
+from mea.data import make_pool
 from mea.metrics import agreement, classification_metrics
 from mea.oracle import Oracle, VictimOracle, parse_output
 from mea.plots import confusion_matrix_png
@@ -36,7 +36,7 @@ def uniform_agreement_images() -> torch.Tensor:
     )
 
 
-# The victim's logits on MNIST test and on the noise images, per victim: a sweep runs many attacks
+# The victim's logits on its test set and on the noise images, per victim: a sweep runs many attacks
 # against one victim, and for small budgets predicting 20,000 images with it is most of the work.
 _VICTIM_LOGITS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -44,7 +44,7 @@ _VICTIM_LOGITS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 def _victim_logits(
     victim: Victim, test_images: torch.Tensor, data_dir: Path | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (victim.fingerprint, str(data_dir))
+    key = (victim.fingerprint, victim.dataset, str(data_dir))
     if key not in _VICTIM_LOGITS:
         if len(_VICTIM_LOGITS) >= 4:
             _VICTIM_LOGITS.clear()
@@ -83,7 +83,7 @@ def run_attack(
         config.seed,
         progress=progress,
     )
-    test = load("mnist", "test", data_dir)
+    test = victim.test_set(data_dir)
     victim_logits, victim_noise_logits = _victim_logits(victim, test.images, data_dir)
     clone_logits = predict_logits(extraction.clone, test.images)
     noise = uniform_agreement_images()  # the same images as _victim_logits saw
@@ -94,6 +94,7 @@ def run_attack(
         "oracle": redact_url(getattr(oracle, "url", None) or "in-process"),
         "uses_true_labels": config.uses_true_labels,
         "victim": str(victim.directory),
+        "dataset": victim.dataset,  # what accuracy and fidelity are measured on: its test part
         "victim_fingerprint": victim.fingerprint,
         "mea_version": __version__,
         "command": command_line(),

@@ -1,9 +1,9 @@
 """An honest evaluation of a defense: what it costs benign users, what it costs each attacker.
 
 For every attacker query source it reports how well the detector separates those queries from
-MNIST test (AUROC) and how many it flags; the clone an attacker gets with and without the defense at
+the victim's test set (AUROC) and how many it flags; the clone an attacker gets with and without the defense at
 the same budget; how many queries (and how much time) an attacker needs to reach 90% and 95% clone
-accuracy; and benign accuracy, MNIST test answered through the defense.  A threshold sweep traces
+accuracy; and benign accuracy, the victim's test set answered through the defense.  A threshold sweep traces
 benign accuracy against clone accuracy; every threshold is calibrated on the victim's held-out
 calibration split, never on the sets evaluated here.
 """
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from mea import __version__
 from mea.config import SOURCES as SOURCES  # re-exported
 from mea.config import DetectorConfig, EvaluationConfig
-from mea.data import ImageSet, load, make_pool
+from mea.data import ImageSet, make_pool
 from mea.defenses.detector import CONFIDENCE, OodDetector
 from mea.defenses.gate import ClientGate
 from mea.defenses.mahalanobis import layer_features
@@ -59,10 +59,9 @@ def evaluate_defense(
     """Run the evaluation and write defense.json, tradeoff.csv/png, roc.png and cost.csv into out."""
     check_out(out, force)
     start = time.perf_counter()
-    test = load("mnist", "test", data_dir)
-    splits = victim.splits
-    mnist_train = load("mnist", "train", data_dir)
-    calibration, train_split = mnist_train.subset(splits.calibration), mnist_train.subset(splits.victim_train)
+    test = victim.test_set(data_dir)
+    calibration, train_split = victim.calibration_set(data_dir), victim.training_set(data_dir)
+    task = victim.dataset_title
     detector = defense.detector
     pools = {source: make_pool(source, data_dir, seed=config.seed) for source in config.sources}
 
@@ -82,7 +81,7 @@ def evaluate_defense(
     )
     bar = tqdm(total=n_runs, desc="defense evaluation", unit="attack", disable=not progress, leave=False)
 
-    # Detection: scores of MNIST test (in-distribution) against each source's queries.
+    # Detection: scores of the victim's test set (in-distribution) against each source's queries.
     test_scores = detector.score_images(victim.model, test.images)
     detection, roc_curves = {}, {}
     for source, pool in pools.items():
@@ -202,7 +201,9 @@ def evaluate_defense(
         _write_csv(scratch / "tradeoff.csv", tradeoff)
         _write_csv(scratch / "cost.csv", cost_rows)
         _write_csv(scratch / "policies.csv", policies)
-        roc_png(roc_curves, "Detector ROC: MNIST test (in-distribution) vs each query source", scratch / "roc.png")
+        roc_png(
+            roc_curves, f"Detector ROC: {task} test (in-distribution) vs each query source", scratch / "roc.png", task
+        )
         line_plot(
             {
                 source: (
@@ -211,8 +212,8 @@ def evaluate_defense(
                 )
                 for source in config.sweep_sources
             },
-            xlabel="benign accuracy on MNIST test through the defense (%)",
-            ylabel=f"clone accuracy on MNIST test (%), {config.queries:,} queries",
+            xlabel=f"benign accuracy on {task} test through the defense (%)",
+            ylabel=f"clone accuracy on {task} test (%), {config.queries:,} queries",
             title="Defense trade-off as the threshold sweeps (target FPR 0.1% to 30%)",
             path=scratch / "tradeoff.png",
             annotations=[f"{r['target_fpr']:g}" for r in tradeoff],
@@ -233,7 +234,7 @@ LAYER_CANDIDATES = {
 
 
 def layer_study(victim: Victim, train: ImageSet, test_images: torch.Tensor, sources: dict[str, torch.Tensor]) -> dict:
-    """AUROC of MNIST test against each source, for each candidate set of layers.
+    """AUROC of the victim's test set against each source, for each candidate set of layers.
 
     Every candidate is fitted and standardised on the victim's training split only, as the
     detector is: which layers separate the distributions is measured here, not assumed.
@@ -274,11 +275,11 @@ def client_detection(
 ) -> dict:
     """Per-client detection (PRADA + OOD rate) on whole streams, as the service would see them.
 
-    The benign client sends MNIST test in order; each attacker sends `queries` images of its pool in
+    The benign client sends the victim's test set in order; each attacker sends `queries` images of its pool in
     the random order of the `random` strategy.  Reported: the query count at which PRADA's test
     first flags the stream, and at which the client becomes suspect and is refused (None: never).
     """
-    streams = {"benign (MNIST test in order)": benign}
+    streams = {f"benign ({victim.dataset_title} test in order)": benign}
     for source, images in sources.items():
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:queries]
         streams[f"random from {source}"] = images[order]

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from mea import __version__
-from mea.data import load
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.policies import parse_policy
 from mea.defenses.store import Defense, load_defense
@@ -132,6 +131,7 @@ def _run(trial: Trial, context: TrialContext) -> dict:
         "seed": trial.attack.seed,
         "config": trial.to_dict(),
         "victim_fingerprint": victim.fingerprint,
+        "dataset": victim.dataset,  # the victim's task: accuracy and fidelity are on its test part
         "defense_fingerprint": None if defense is None else defense_digest(defense.directory),
         "metrics": {
             "clone": clone,
@@ -178,7 +178,7 @@ def defense_digest(directory: Path) -> str:
 @functools.lru_cache(maxsize=16)
 def _calibration_scores(defense_dir: Path, victim_dir: Path, data_dir: Path | None) -> torch.Tensor:
     victim, defense = _victim(victim_dir), _defense(defense_dir, victim_dir)
-    calibration = load("mnist", "train", data_dir).subset(victim.splits.calibration)
+    calibration = victim.calibration_set(data_dir)
     return defense.detector.score_images(victim.model, calibration.images)
 
 
@@ -200,9 +200,10 @@ def _defended_oracle(
 
 @functools.lru_cache(maxsize=64)
 def _benign_accuracy(context: TrialContext, settings: DefenseSettings | None, output: str) -> float:
-    """Top-1 accuracy that honest users get on MNIST test, in this output mode, with or without the defense."""
+    """Top-1 accuracy that honest users get on the victim's test set, in this output mode, with or
+    without the defense."""
     victim = _victim(context.victim_dir)
-    test = load("mnist", "test", context.data_dir)
+    test = victim.test_set(context.data_dir)
     if settings is None:
         answers = VictimOracle(victim.model, parse_output(output)).query(test.images)
     else:

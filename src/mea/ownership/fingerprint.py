@@ -37,7 +37,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mea import models
-from mea.data.datasets import ImageSet
 from mea.errors import ArtifactError
 from mea.models import NUM_CLASSES, as_input
 from mea.ownership.config import FingerprintConfig
@@ -221,18 +220,12 @@ def train_references(
     return ordered
 
 
-def fingerprint_victim(victim: Victim, train: ImageSet, config: FingerprintConfig) -> Fingerprint:
+def fingerprint_victim(victim: Victim, config: FingerprintConfig, data_dir: Path | None = None) -> Fingerprint:
     """`make_fingerprint` for a `mea` victim: references trained on the victim's own training split,
     conferrable examples made from its calibration split (both the owner's data, never the attacker's)."""
-    splits = victim.splits
+    train, calibration = victim.training_set(data_dir), victim.calibration_set(data_dir)
     return make_fingerprint(
-        victim.model,
-        victim.fingerprint,
-        train.images[splits.victim_train],
-        train.labels[splits.victim_train],
-        train.images[splits.calibration],
-        train.labels[splits.calibration],
-        config,
+        victim.model, victim.fingerprint, train.images, train.labels, calibration.images, calibration.labels, config
     )
 
 

@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mea.config import MODEL_NAME
 from mea.errors import ArtifactError, MeaError
 from mea.model_files import PICKLE_HINT, OnnxClassifier, sniff
 from mea.models import NUM_CLASSES
@@ -94,7 +95,7 @@ class ModelSuspect:
         return {"kind": "safetensors", "source": self.source, "arch": self.arch}
 
 
-def http_suspect(url: str, api_key: str | None = None, model: str = "lenet-mnist", batch_size: int = 256) -> Suspect:
+def http_suspect(url: str, api_key: str | None = None, model: str = MODEL_NAME, batch_size: int = 256) -> Suspect:
     """A suspect behind an Open Inference Protocol v2 server; `mea serve` is recognised by its metadata."""
     metadata = _metadata(url, api_key, model)
     if "output_mode" in metadata.get("parameters", {}):

@@ -485,10 +485,7 @@ def calibration_probes(victim, count: int | None = None, data_dir=None) -> tuple
     order (the first `count` of it; all by default), with the victim's labels.  The records'
     neighbours and the probes are drawn from it by fixed rules (`verify_suspect`), so never chosen
     by looking at a suspect."""
-    from mea.data import load
     from mea.training import predict_logits
 
-    train = load("mnist", "train", data_dir)
-    index = victim.splits.calibration
-    images = train.images[index][:count]
+    images = victim.calibration_set(data_dir).images[:count]
     return images, predict_logits(victim.model, images).argmax(1)

@@ -118,7 +118,7 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
     app = FastAPI(
         title="mea prediction service",
         version=__version__,
-        description="A LeNet-5 MNIST classifier behind the Open Inference Protocol v2.",
+        description=f"A {victim.arch} {victim.dataset_title} classifier behind the Open Inference Protocol v2.",
         lifespan=lifespan,
     )
 

@@ -1,0 +1,207 @@
+"""A user's own images, by path: a `.npz` file or a folder of image files, read into mea's layout.
+
+- `.npz`: an `images` array with an optional `labels` array, or Keras's layout `x_train`, `y_train`,
+  `x_test`, `y_test` (two parts).  Images are (N, H, W), (N, 1, H, W), (N, H, W, 1) or RGB with the
+  channels first or last; uint8 in 0..255 or floats in [0, 1].  Never unpickled (`allow_pickle=False`).
+- a folder: one subfolder per class holding PNG or JPEG files (labels: the subfolders in sorted
+  order, or their numbers when every name is an integer), or the files directly in the folder (a
+  pool without labels); `train/` and `test/` subfolders laid out that way are the two parts.
+
+Every victim mea runs takes 28x28 grey images: RGB becomes grey (ITU-R 601 luma, as Pillow's "L"),
+square images of another size are resized (bilinear, antialiased), anything else is refused.  Labels
+are optional for a pool; an evaluation set needs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mea.data.catalog import DATASETS
+from mea.errors import DataError
+
+IMAGE_SIZE = 28  # the victims' input: 1 x 28 x 28 in [0, 1]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PARTS = ("train", "test")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, Pillow's RGB -> "L"
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Images (N, 1, 28, 28) float32 in [0, 1], with labels (N,) int64 when the source has them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    class_names: tuple[str, ...] | None
+    source: str
+
+
+def is_path(name: str) -> bool:
+    """Whether a dataset or pool argument names a path rather than a built-in dataset."""
+    return "/" in name or name.endswith(".npz") or Path(name).exists()
+
+
+def read(path: Path | str, part: str) -> ImageFiles:
+    """The `part` ("train" or "test") of the dataset at `path`; a source with one part gives it for both."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"no dataset at {path}; pass a .npz file, a folder of images (one subfolder per class), "
+            f"or a built-in dataset: {', '.join(DATASETS)}"
+        )
+    stat = path.stat()
+    return _read(path.resolve(), part, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)  # a sweep evaluates many clones on one set: read it once
+def _read(path: Path, part: str, mtime_ns: int, size: int) -> ImageFiles:
+    if path.is_dir():
+        return _read_folder(path, part)
+    if path.suffix == ".npz":
+        return _read_npz(path, part)
+    raise DataError(f"{path} is neither a .npz file nor a folder of images; convert it to one of them")
+
+
+# --- .npz -----------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path, part: str) -> ImageFiles:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc}); write it with numpy.savez") from None
+    with archive:
+        keys = set(archive.files)
+        if {"x_train", "x_test"} <= keys:
+            image_key, label_key = f"x_{part}", f"y_{part}"
+        elif "images" in keys:
+            image_key, label_key = "images", "labels"
+        else:
+            raise DataError(
+                f"{path} holds arrays {sorted(keys)}; name the images 'images' (labels 'labels'), "
+                "or use Keras's x_train/y_train/x_test/y_test"
+            )
+        try:
+            raw = archive[image_key]
+            labels = archive[label_key] if label_key in keys else None
+        except ValueError:  # an object array: reading it would unpickle
+            raise DataError(
+                f"{path} holds object arrays, which mea never unpickles; save plain numeric arrays"
+            ) from None
+    images = _to_images(_channels_first(raw, path), path)
+    return ImageFiles(images, _check_labels(labels, len(images), path), None, str(path))
+
+
+def _channels_first(raw: np.ndarray, path: Path) -> np.ndarray:
+    """(N, C, H, W) from the layouts numpy users write."""
+    if raw.ndim == 3:
+        return raw[:, None]
+    if raw.ndim == 4 and raw.shape[1] in (1, 3):
+        return raw
+    if raw.ndim == 4 and raw.shape[3] in (1, 3):
+        return raw.transpose(0, 3, 1, 2)
+    raise DataError(
+        f"{path}: images of shape {list(raw.shape)} are not (N, H, W) or (N, H, W, C) / (N, C, H, W) "
+        "with 1 or 3 channels"
+    )
+
+
+def _to_images(raw: np.ndarray, path: Path) -> torch.Tensor:
+    if raw.dtype == np.uint8:
+        array = raw.astype(np.float32) / np.float32(255.0)
+    elif np.issubdtype(raw.dtype, np.floating):
+        array = raw.astype(np.float32)
+        if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
+            raise DataError(f"{path}: float images must lie in [0, 1]; divide 0..255 images by 255 or store uint8")
+    else:
+        raise DataError(f"{path}: images of dtype {raw.dtype}; store uint8 (0..255) or floats in [0, 1]")
+    if array.shape[1] == 3:
+        array = np.einsum("nchw,c->nhw", array, _LUMA)[:, None]
+    return _resized(torch.from_numpy(np.ascontiguousarray(array)), path)
+
+
+def _resized(images: torch.Tensor, source: Path) -> torch.Tensor:
+    height, width = images.shape[2:]
+    if (height, width) == (IMAGE_SIZE, IMAGE_SIZE):
+        return images
+    if height != width:
+        raise DataError(
+            f"{source}: images of {width}x{height} are not square; the victim takes {IMAGE_SIZE}x{IMAGE_SIZE}: "
+            "crop them to squares first"
+        )
+    print(
+        f"{source}: resizing {width}x{height} images to {IMAGE_SIZE}x{IMAGE_SIZE}, the victim's input", file=sys.stderr
+    )
+    resized = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp_(0.0, 1.0)
+
+
+def _check_labels(labels: np.ndarray | None, count: int, path: Path) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:  # Keras writes (N, 1) label columns
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != count:
+        raise DataError(f"{path}: {count} images but labels of shape {list(labels.shape)}; give one label per image")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels of dtype {labels.dtype}; store integer class indices")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{path}: negative labels; classes are numbered from 0")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+# --- image folders --------------------------------------------------------------------------
+
+
+def _read_folder(path: Path, part: str) -> ImageFiles:
+    root = path / part if all((path / p).is_dir() for p in PARTS) else path
+    classes = sorted(child for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    if classes:
+        names = [c.name for c in classes]
+        numbered = all(name.isdigit() for name in names)
+        files, labels = [], []
+        for index, folder in enumerate(classes):
+            members = _image_files(folder)
+            files += members
+            labels += [int(folder.name) if numbered else index] * len(members)
+        label_tensor: torch.Tensor | None = torch.tensor(labels, dtype=torch.int64)
+        class_names: tuple[str, ...] | None = None if numbered else tuple(names)
+    else:
+        files, label_tensor, class_names = _image_files(root), None, None
+    if not files:
+        raise DataError(
+            f"no images in {root}; put PNG or JPEG files in one subfolder per class (or directly in it for a pool)"
+        )
+    return ImageFiles(_decode(files, root), label_tensor, class_names, str(path))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _decode(files: list[Path], root: Path) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    arrays: list[np.ndarray] = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                grey = np.asarray(image.convert("L"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(f"{file} is not a readable image ({exc}); remove or replace it") from None
+        if arrays and grey.shape != arrays[0].shape:
+            raise DataError(
+                f"{root} holds images of different sizes ({files[0].name}: {arrays[0].shape[1]}x{arrays[0].shape[0]}, "
+                f"{file.name}: {grey.shape[1]}x{grey.shape[0]}); resize them to one size"
+            )
+        arrays.append(grey)
+    stacked = np.stack(arrays)[:, None].astype(np.float32) / np.float32(255.0)
+    return _resized(torch.from_numpy(stacked), root)
