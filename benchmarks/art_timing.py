@@ -41,7 +41,7 @@ from benchmarks.provenance import RESULTS, Provenance
 from mea import models
 from mea.attacks import make_strategy
 from mea.attacks.extract import extract
-from mea.config import LabelLoss, Splits, Schedule, TrainConfig
+from mea.config import LabelLoss, Schedule, Splits, TrainConfig
 from mea.data import Pool, load
 from mea.oracle import Label, VictimOracle
 from mea.seeding import generator

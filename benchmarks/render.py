@@ -1228,6 +1228,74 @@ def readme_thread_contention(results: Results) -> str:
 # --- README.md: the attack suite -----------------------------------------------------------------
 
 
+FASHION_POOLS = {
+    "mnist-train": "MNIST digits",
+    "uniform": "uniform noise",
+    "gaussian": "Gaussian noise",
+    "fashion-mnist": "Fashion-MNIST itself (reference)",
+}
+
+
+def readme_fashion_mnist(results: Results) -> str:
+    """benchmarks/results/fashion_mnist.json (benchmarks.fashion_mnist): the second task end to end."""
+    record = results["fashion_mnist.json"]
+    victim = record["victim"]
+    budgets = sorted({row["queries"] for row in record["curves"]})
+    cells = {(row["strategy"], row["pool"], row["queries"]): row for row in record["curves"]}
+    rows = []
+    for strategy, pool in sorted(
+        {(r["strategy"], r["pool"]) for r in record["curves"]}, key=lambda k: (list(FASHION_POOLS).index(k[1]), k[0])
+    ):
+        line = [f"`{strategy}`", FASHION_POOLS[pool]]
+        for budget in budgets:
+            row = cells.get((strategy, pool, budget))
+            if row is None:
+                line.append("")
+            elif row["fidelity_std"] is None:
+                line.append(f"{100 * row['fidelity_mean']:.1f} (1 seed)")
+            else:
+                line.append(f"{100 * row['fidelity_mean']:.1f} ± {100 * row['fidelity_std']:.1f}")
+        rows.append(line)
+    defense = record["defense"]
+    defense_rows = [
+        [
+            FASHION_POOLS.get(source, source),
+            f"{found['auroc']:.3f}",
+            pct(found["flagged_rate"], 1),
+            f"{pct(found['clone_undefended'], 1)} → **{pct(found['clone_defended'], 1)}**",
+        ]
+        for source, found in defense["sources"].items()
+    ]
+    benign = defense["benign_accuracy"]
+    seeds = max(row["seeds"] for row in record["curves"])
+    return "\n\n".join(
+        [
+            f"Victim: LeNet-5 trained on Fashion-MNIST, **{pct(victim['accuracy'])}** on its 10,000 test images "
+            f"({victim['train_s']:.0f} s of training). Clone fidelity (% agreement with the victim on Fashion-MNIST "
+            f"test) against the query budget, probability answers, no true labels, mean ± sd over {seeds} seeds:",
+            table(["attack", "attacker's pool", *(f"{b:,} queries" for b in budgets)], rows),
+            f"The defense fitted on this victim (`mea defend fit`, calibrated on Fashion-MNIST's held-out split), "
+            f"each attacker with {defense['queries']:,} queries; benign accuracy {pct(benign['undefended'])} "
+            f"undefended, {pct(benign['defended'])} defended ({pct(defense['benign_flagged_rate'], 1)} of "
+            "Fashion-MNIST test flagged):",
+            table(
+                [
+                    "attacker's pool",
+                    "detector AUROC vs Fashion-MNIST test",
+                    "queries flagged",
+                    "clone accuracy: undefended → defended",
+                ],
+                defense_rows,
+            ),
+            "![Fashion-MNIST: fidelity against the budget](benchmarks/results/fashion_mnist.png)",
+            source(
+                record["provenance"],
+                "`benchmarks/results/fashion_mnist.json` (trials in `fashion_mnist_trials.jsonl`)",
+            ),
+        ]
+    )
+
+
 def readme_attack_curves(results: Results) -> str:
     record = results["attack_curves.json"]
     summary = record["summary"]
@@ -1713,6 +1781,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "load-fault": readme_load_fault,
     "ownership": readme_ownership,
     "attack-curves": readme_attack_curves,
+    "fashion-mnist": readme_fashion_mnist,
     "attack-findings": readme_attack_findings,
     "adaptive": readme_adaptive,
     "adaptive-findings": readme_adaptive_findings,

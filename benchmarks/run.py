@@ -57,7 +57,7 @@ from benchmarks.render import benchmarks_page
 from mea import models
 from mea.attacks import make_strategy
 from mea.attacks.extract import extract
-from mea.data import Splits, Pool, load
+from mea.data import Pool, Splits, load
 from mea.defenses.detector import DetectorConfig
 from mea.defenses.store import Defense, fit_defense, load_defense
 from mea.metrics import agreement

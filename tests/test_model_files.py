@@ -66,6 +66,18 @@ def test_model_files_that_are_not_classifiers_of_the_task_are_refused(tmp_path):
     torch.onnx.export(colour, (torch.zeros(1, 3, 32, 32),), str(tmp_path / "colour.onnx"), dynamo=False)
     with pytest.raises(ArtifactError, match=r"not \[B, 1, 28, 28\] or \[B, 784\]"):
         OnnxClassifier(tmp_path / "colour.onnx")
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, images, scale):
+            return images.flatten(1)[:, :10] * scale
+
+    pair = (torch.zeros(1, 1, 28, 28), torch.ones(1, 1))
+    torch.onnx.export(TwoInputs(), pair, str(tmp_path / "two.onnx"), dynamo=False)
+    with pytest.raises(ArtifactError, match="takes 2 inputs; a classifier must take one image batch"):
+        OnnxClassifier(tmp_path / "two.onnx")
+    torch.onnx.export(torch.nn.Linear(5, 10), (torch.zeros(1, 5),), str(tmp_path / "table.onnx"), dynamo=False)
+    with pytest.raises(ArtifactError, match=r"input of shape \[1, 5\], not \[B, 1, 28, 28\]"):
+        OnnxClassifier(tmp_path / "table.onnx")
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(ArtifactError, match="is not a readable ONNX model"):
         load_classifier(tmp_path / "model.onnx")

@@ -136,3 +136,29 @@ def test_server_mistakes_are_clear(kserve):
         HttpOracle(url)
     with pytest.raises(ServiceError, match="cannot reach"):
         HttpOracle(f"http://127.0.0.1:{free_port()}", model="lenet", timeout_s=2)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"outputs": [{"name": "p"}]}, "declares 0 inputs in its metadata; mea sends one batch of images"),
+        (
+            {"inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}], "outputs": [{"name": "p"}]},
+            r"takes input of shape \[-1, 3, 32, 32\], not \[-1, 1, 28, 28\] or \[-1, 784\]",
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [-1, 784], "datatype": "BYTES"}], "outputs": [{"name": "p"}]},
+            "takes BYTES input",
+        ),
+        ({"inputs": [{"name": "x", "shape": [-1, 784]}]}, "declares no outputs in its metadata"),
+        (
+            {"inputs": [{"name": "x", "shape": [-1, 784]}], "outputs": [{"name": "p", "shape": [-1, 5]}]},
+            r"neither class scores \[-1, 10\] nor labels",
+        ),
+    ],
+)
+def test_metadata_that_lacks_what_mea_needs_is_named(metadata, message):
+    from mea.serve.client import ServedModel
+
+    with pytest.raises(ServiceError, match=message):
+        ServedModel.from_metadata(metadata, "http://127.0.0.1:1", "lenet")
