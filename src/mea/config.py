@@ -224,7 +224,9 @@ class AttackConfig:
 
 # --- the defense ----------------------------------------------------------------------------
 
-DEFAULT_LAYERS = ("conv1", "conv2")
+# Every convolution block's output (mea.defenses.features; LeNet-5: conv1, conv2), resolved at fit time.
+AUTO_LAYERS = "auto"
+DEFAULT_LAYERS = (AUTO_LAYERS,)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ built-in tasks, mea.data.catalog).
 
 from __future__ import annotations
 
+import functools
 import warnings
 import zipfile
 from pathlib import Path
@@ -74,19 +75,56 @@ class OnnxClassifier(nn.Module):
                 "it is not a model of 28x28 grey images"
             )
         self._flat = dims == [784]
+        self._output = self._session.get_outputs()[0].name
         self.source = str(path)
+        self._path = Path(path)
+        self._tapped = None  # a session that also answers the convolutions' outputs, made on first use
         # The class count is a property of the output; check it on one blank image.
         self(torch.zeros(1, 1, 28, 28))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(self._session, [self._output], images)[0]
+
+    @functools.cached_property
+    def block_names(self) -> tuple[str, ...]:
+        """The output tensors of the graph's convolutions (the detector's `--layers auto`)."""
+        return tuple(self._tapped_graph()[1])
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return (*self.block_names, "logits")
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._tapped is None:
+            graph, _ = self._tapped_graph()
+            self._tapped = _onnxruntime().InferenceSession(graph, providers=["CPUExecutionProvider"])
+        values = self._run(self._tapped, [self._output, *self.block_names], images)
+        return {"logits": values[0], **dict(zip(self.block_names, values[1:], strict=True))}
+
+    def _tapped_graph(self) -> tuple[bytes, list[str]]:
+        """The graph with every convolution's output added to its outputs (shapes from ONNX's inference)."""
+        try:
+            import onnx
+        except ImportError:
+            raise ConfigError(
+                "reading an ONNX victim's layers needs onnx: pip install 'model-extraction-attack[onnx]'"
+            ) from None
+        graph = onnx.shape_inference.infer_shapes(onnx.load(str(self._path)))
+        typed = {info.name: info for info in graph.graph.value_info}
+        names = [node.output[0] for node in graph.graph.node if node.op_type == "Conv" and node.output[0] in typed]
+        graph.graph.output.extend(typed[name] for name in names)
+        return graph.SerializeToString(), names
+
+    def _run(self, session, outputs: list[str], images: torch.Tensor) -> list[torch.Tensor]:
         feed = images.detach().reshape(len(images), -1) if self._flat else images.detach().contiguous()
-        output = np.asarray(self._session.run(None, {self._input: feed.numpy().astype(np.float32)})[0])
-        if output.ndim != 2 or output.shape[1] != NUM_CLASSES:
+        values = session.run(outputs, {self._input: feed.numpy().astype(np.float32)})
+        logits = np.asarray(values[0])
+        if logits.ndim != 2 or logits.shape[1] != NUM_CLASSES:
             raise self._error(
-                f"{self.source} answers shape {list(output.shape)}, not [B, {NUM_CLASSES}]: "
+                f"{self.source} answers shape {list(logits.shape)}, not [B, {NUM_CLASSES}]: "
                 f"it is not a {NUM_CLASSES}-class classifier"
             )
-        return torch.from_numpy(output.astype(np.float32))
+        return [torch.from_numpy(np.asarray(value, dtype=np.float32)) for value in values]
 
 
 def load_classifier(path: Path, error: type[MeaError] = ArtifactError) -> tuple[nn.Module, str]:

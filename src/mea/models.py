@@ -35,6 +35,7 @@ class LeNet5(nn.Module):
     """
 
     feature_names = ("conv1", "conv2", "fc1", "fc2", "logits")
+    block_names = ("conv1", "conv2")  # what the detector's `--layers auto` reads (mea.defenses.features)
 
     def __init__(self) -> None:
         super().__init__()

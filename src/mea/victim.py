@@ -23,6 +23,7 @@ from mea.config import Splits
 from mea.config import VictimConfig as VictimConfig  # re-exported
 from mea.data import ImageSet, load
 from mea.data.catalog import DATASETS, DEFAULT_DATASET, title
+from mea.defenses.features import with_features
 from mea.errors import ArtifactError, DataError
 from mea.metrics import classification_metrics
 from mea.model_files import load_classifier
@@ -197,7 +198,8 @@ def load_victim(directory: Path) -> Victim:
     if directory.is_file():
         config = read_sidecar(directory)
         model, arch = load_classifier(weights)
-        return Victim(directory, model, arch, models.fingerprint(weights), config)
+        return Victim(directory, with_features(model), arch, models.fingerprint(weights), config)
     model, arch = models.load(weights)
+    model = with_features(model)
     config = read_json(directory / "config.json", "the victim directory is incomplete; retrain it")
     return Victim(directory, model, arch, models.fingerprint(weights), config)

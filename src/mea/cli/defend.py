@@ -58,7 +58,8 @@ def defend() -> None:
     default=",".join(default_of(DetectorConfig, "layers")),
     show_default=True,
     callback=comma_list(str),
-    help=f"Victim layers for the Mahalanobis scores ({', '.join(LAYER_NAMES)}).",
+    help="Victim layers for the Mahalanobis scores: auto (every convolution's output; LeNet-5: conv1,conv2) "
+    f"or names (LeNet-5: {', '.join(LAYER_NAMES)}; other victims: the names the error for a wrong one lists).",
 )
 @click.option(
     "--confidence/--no-confidence",

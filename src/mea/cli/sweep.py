@@ -53,7 +53,10 @@ from mea.experiments.presets import PRESETS
     help="Where trials run: local worker processes, or a Ray cluster.",
 )
 @click.option(
-    "--address", default=None, help="With --backend ray: the cluster's address [default: start Ray on this machine]."
+    "--address",
+    default=None,
+    help="With --backend ray: the cluster's address [default: start Ray on this machine]; its nodes "
+    "need no access to this machine's files (they are shipped through Ray's object store).",
 )
 @click.option(
     "--workers",

@@ -30,6 +30,7 @@ from torch import nn
 
 from mea.config import DEFAULT_LAYERS as DEFAULT_LAYERS  # re-exported
 from mea.config import DetectorConfig
+from mea.defenses.features import resolve_layers, with_features
 from mea.defenses.mahalanobis import ClassGaussians, layer_features
 from mea.errors import ArtifactError, ConfigError
 from mea.models import NUM_CLASSES
@@ -119,15 +120,10 @@ class OodDetector:
         config: DetectorConfig,
     ) -> OodDetector:
         """Fit Gaussians and standardisers on the victim's training data, the threshold on calibration data."""
-        known = getattr(model, "feature_names", ())
-        unknown = [layer for layer in config.layers if layer not in known]
-        if unknown and not known:
-            raise ConfigError(
-                "the detector reads the victim's inner layers, and this victim (an ONNX file) shows mea none; "
-                "fit the defense on a mea victim directory or .safetensors file"
-            )
-        if unknown:
-            raise ConfigError(f"the victim has no layer {', '.join(unknown)}; its layers: {', '.join(known)}")
+        model = with_features(model)
+        config = dataclasses.replace(config, layers=resolve_layers(model, config.layers))
+        if not config.layers and not config.use_confidence:
+            raise ConfigError("the victim has no convolutions for --layers auto; name its layers or keep --confidence")
         unfitted = cls(config, {}, {}, float("inf"), float("inf"))
         features = layer_features(model, train_images, unfitted.layers)
         unfitted.gaussians.update({layer: ClassGaussians.fit(features[layer], train_labels) for layer in config.layers})

@@ -6,6 +6,7 @@ sweeps skip finished trials and compare backends.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -63,15 +64,21 @@ def run_attack(
     out: Path | None = None,
     force: bool = False,
     progress: bool = True,
+    pool_path: str | None = None,
 ) -> dict:
     """Attack `victim` (through `oracle`, by default an in-process one) and return metrics.json content.
 
     The victim's weights are used only to evaluate (victim metrics and fidelity), never by the attack.
+    `pool_path`: where the pool `config.pool` names lies on this machine, if not there (a path pool
+    shipped to a cluster's worker node, mea.experiments.shipping).
     """
     start = time.perf_counter()
     if out is not None:
         check_out(out, force)
-    pool = None if config.pool == NO_POOL else make_pool(config.pool, data_dir, seed=config.seed)
+    pool = None
+    if config.pool != NO_POOL:
+        pool = make_pool(pool_path or config.pool, data_dir, seed=config.seed)
+        pool = dataclasses.replace(pool, name=config.pool)
     oracle = oracle or VictimOracle(victim.model, parse_output(config.output), budget=config.queries)
     extraction = extract(
         oracle,

@@ -2,8 +2,10 @@
 inputs and yields outcomes as trials finish; the sweep around it does not know which one it has.
 
 - `local`: worker processes on this machine, each with its share of the cores as torch threads.
-- `ray`: tasks on a Ray cluster (`--address`), or on a Ray instance started here.  Ray is an
-  optional extra (`pip install 'model-extraction-attack[ray]'`) and imported only when chosen.
+- `ray`: tasks on a Ray cluster (`--address`), or on a Ray instance started here.  The victim,
+  defense and data go through Ray's object store (mea.experiments.shipping), so worker nodes need
+  this package and nothing of the driver's disk.  Ray is an optional extra
+  (`pip install 'model-extraction-attack[ray]'`) and imported only when chosen.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Protocol
 import torch
 
 from mea.errors import ConfigError
+from mea.experiments import shipping
 from mea.experiments.trial import Outcome, Trial, TrialContext, run_trial
 from mea.threads import usable_cpus
 
@@ -88,8 +91,8 @@ class RayBackend:
     """Ray tasks of `cpus_per_trial` CPUs each (that many torch threads).
 
     `address` None starts a Ray instance on this machine with `workers` CPUs (default: all cores)
-    unless one is already running in this process; otherwise connects to the cluster there.  On a
-    cluster, every node needs this package and the victim, defense and data at the same paths.
+    unless one is already running in this process; otherwise connects to the cluster there.  Every
+    node needs this package; the files trials read are shipped (`mea.experiments.shipping`).
     """
 
     address: str | None = None
@@ -117,8 +120,11 @@ class RayBackend:
                 configure_logging=False,
             )
         try:
-            task = ray.remote(num_cpus=self.cpus_per_trial)(run_trial)
-            refs = {task.remote(trial, context, self.cpus_per_trial): trial for trial in trials}
+            bundle, contents = shipping.pack(trials, context)
+            shipped = [ray.put(contents)]
+            del contents  # the object store holds them now
+            task = ray.remote(num_cpus=self.cpus_per_trial)(shipping.run_shipped_trial)
+            refs = {task.remote(trial, context, bundle, shipped, self.cpus_per_trial): trial for trial in trials}
             pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)

@@ -83,6 +83,8 @@ class TrialContext:
     defense_dir: Path | None = None
     data_dir: Path | None = None
     backend: str = "local"
+    # Pools given by path, where this node holds them: (the path a trial names, the local path).
+    pool_paths: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,8 @@ def _run(trial: Trial, context: TrialContext) -> dict:
             raise ConfigError("a defended trial needs a defense directory: set defense_dir or pass --defense")
         defense = _defense(context.defense_dir, context.victim_dir)
         oracle = FlagCounter(_defended_oracle(defense, victim, output, trial.defense, context, trial.attack.queries))
-    metrics = run_attack(trial.attack, victim, context.data_dir, oracle=oracle, progress=False)
+    pool_path = dict(context.pool_paths).get(trial.attack.pool)
+    metrics = run_attack(trial.attack, victim, context.data_dir, oracle=oracle, progress=False, pool_path=pool_path)
     clone = metrics["clone"]
     return {
         "format": RECORD_FORMAT,

@@ -1,0 +1,67 @@
+"""The victim's inner layers, for any victim: what the detector reads (Lee et al. 2018 read the
+output of every block of the network, spatially pooled, beside the logits).
+
+A model shows its layers as `feature_names` and `features(images) -> {name: activation}`, with
+`block_names` the layers `--layers auto` picks (its convolution blocks).  mea's LeNet-5 names its
+own; ONNX victims (mea.model_files.OnnxClassifier) name each convolution's output tensor; any other
+PyTorch classifier is wrapped in `TappedClassifier`, which reads its convolutions with forward hooks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from mea.config import AUTO_LAYERS as AUTO  # --layers auto: every convolution block's output
+from mea.errors import ConfigError
+
+
+class TappedClassifier(nn.Module):
+    """A PyTorch classifier whose convolutions' outputs are read by forward hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.block_names = tuple(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        self.feature_names = (*self.block_names, "logits")
+        self._taken: dict[str, torch.Tensor] | None = None  # only while `features` runs
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d):
+                module.register_forward_hook(functools.partial(self._take, name))
+
+    def _take(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if self._taken is not None:
+            self._taken[name] = output
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._taken = {}
+        try:
+            logits = self.model(images)
+            return {**self._taken, "logits": logits}
+        finally:
+            self._taken = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def with_features(model: nn.Module) -> nn.Module:
+    """`model` if it shows its layers, else the model wrapped so that it does."""
+    return model if callable(getattr(model, "features", None)) else TappedClassifier(model)
+
+
+def resolve_layers(model: nn.Module, requested: tuple[str, ...]) -> tuple[str, ...]:
+    """The layers `requested` names (AUTO: the model's blocks), or a ConfigError listing the model's."""
+    known = tuple(getattr(model, "feature_names", ()))
+    if requested == (AUTO,):
+        return tuple(getattr(model, "block_names", ()))
+    unknown = [layer for layer in requested if layer not in known]
+    if unknown:
+        listed = ", ".join(known) if known else "none"
+        raise ConfigError(
+            f"the victim has no layer {', '.join(unknown)}; its layers: {listed} "
+            "(or --layers auto for its convolutions)"
+        )
+    return requested
