@@ -11,7 +11,7 @@ import torch
 
 from cli import mea as run_mea
 from mea.data import load
-from mea.errors import ArtifactError
+from mea.errors import ArtifactError, ConfigError
 from mea.model_files import OnnxClassifier, load_classifier
 from mea.oracle import VictimOracle
 from mea.training import predict_logits
@@ -142,3 +142,30 @@ def test_any_victim_is_defended_by_its_convolutions(onnx_victim, victim, data_di
     assert np.corrcoef(*both)[0, 1] > 0.999 and np.abs(both[0] - both[1]).max() < 0.5
     exported = load_victim(onnx_victim).model
     assert exported.block_names == tuple(n for n in exported.feature_names if n != "logits")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript ONNX exporter
+def test_a_fully_connected_victim_shows_its_hidden_layers(tmp_path):
+    from mea import models
+    from mea.config import DetectorConfig
+    from mea.defenses.detector import OodDetector
+    from mea.defenses.features import with_features
+
+    mlp = models.build("mlp", 0).eval()
+    hooked = with_features(mlp)
+    assert hooked.block_names == ("net.1", "net.3")  # the linear layers but the last, which gives the logits
+    batch = {"input_names": ["images"], "dynamic_axes": {"images": {0: "batch"}}}
+    torch.onnx.export(mlp, (torch.zeros(1, 1, 28, 28),), str(tmp_path / "mlp.onnx"), dynamo=False, **batch)
+    graph = OnnxClassifier(tmp_path / "mlp.onnx")
+    assert len(graph.block_names) == 2
+    images = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    ours, theirs = hooked.features(images), graph.features(images)
+    for name, tensor in zip(graph.block_names, (ours["net.1"], ours["net.3"]), strict=True):
+        assert torch.allclose(theirs[name], tensor, atol=1e-4)
+    assert torch.allclose(theirs["logits"], ours["logits"], atol=1e-4)
+    # A classifier with no block at all: only the output-based score applies, and saying so is the error.
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    labels = torch.arange(16) % 10
+    with pytest.raises(ConfigError, match="only the output-based score applies: keep --confidence"):
+        OodDetector.fit(linear, images, labels, images, DetectorConfig(use_confidence=False))
+    assert OodDetector.fit(linear, images, labels, images, DetectorConfig()).config.layers == ()

@@ -87,7 +87,8 @@ class OnnxClassifier(nn.Module):
 
     @functools.cached_property
     def block_names(self) -> tuple[str, ...]:
-        """The output tensors of the graph's convolutions (the detector's `--layers auto`)."""
+        """The output tensors of the graph's convolutions, or of a fully connected graph's hidden
+        layers (the detector's `--layers auto`, mea.defenses.features.blocks)."""
         return tuple(self._tapped_graph()[1])
 
     @property
@@ -102,16 +103,20 @@ class OnnxClassifier(nn.Module):
         return {"logits": values[0], **dict(zip(self.block_names, values[1:], strict=True))}
 
     def _tapped_graph(self) -> tuple[bytes, list[str]]:
-        """The graph with every convolution's output added to its outputs (shapes from ONNX's inference)."""
+        """The graph with every block's output added to its outputs (shapes from ONNX's inference)."""
         try:
             import onnx
         except ImportError:
             raise ConfigError(
                 "reading an ONNX victim's layers needs onnx: pip install 'model-extraction-attack[onnx]'"
             ) from None
+        from mea.defenses.features import blocks
+
         graph = onnx.shape_inference.infer_shapes(onnx.load(str(self._path)))
         typed = {info.name: info for info in graph.graph.value_info}
-        names = [node.output[0] for node in graph.graph.node if node.op_type == "Conv" and node.output[0] in typed]
+        kinds = {"Conv": "conv", "Gemm": "linear", "MatMul": "linear"}
+        found = blocks([(node.output[0], kinds[node.op_type]) for node in graph.graph.node if node.op_type in kinds])
+        names = [name for name in found if name in typed]
         graph.graph.output.extend(typed[name] for name in names)
         return graph.SerializeToString(), names
 

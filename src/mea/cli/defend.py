@@ -127,8 +127,13 @@ def defend_fit_command(
         every_query_policy=every_query_policy,
     )
     detector = defense.detector
+    layers = (
+        f"layers {', '.join(detector.config.layers)}"
+        if detector.config.layers
+        else "no inner layers (the victim shows none: only the output-based score applies)"
+    )
     console().print(
-        f"detector: layers {', '.join(detector.config.layers)}{' + confidence' if confidence else ''}; "
+        f"detector: {layers}{' + confidence' if confidence else ''}; "
         f"threshold {detector.threshold:.3f} at target FPR {target_fpr:g}; policy {defense.policy.spec}"
         f"{'' if defense.every_query_policy is None else f', every query {defense.every_query_policy.spec}'}; "
         f"watermark {'none' if defense.watermark is None else f'{defense.watermark.rate:g} of answers'}"

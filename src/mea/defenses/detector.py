@@ -121,9 +121,13 @@ class OodDetector:
     ) -> OodDetector:
         """Fit Gaussians and standardisers on the victim's training data, the threshold on calibration data."""
         model = with_features(model)
-        config = dataclasses.replace(config, layers=resolve_layers(model, config.layers))
-        if not config.layers and not config.use_confidence:
-            raise ConfigError("the victim has no convolutions for --layers auto; name its layers or keep --confidence")
+        layers = resolve_layers(model, config.layers)
+        if not layers and not config.use_confidence:
+            raise ConfigError(
+                "the victim shows no convolutions or hidden layers for --layers auto, so only the output-based "
+                "score applies: keep --confidence, or name its layers with --layers"
+            )
+        config = dataclasses.replace(config, layers=layers)
         unfitted = cls(config, {}, {}, float("inf"), float("inf"))
         features = layer_features(model, train_images, unfitted.layers)
         unfitted.gaussians.update({layer: ClassGaussians.fit(features[layer], train_labels) for layer in config.layers})

@@ -2,9 +2,10 @@
 output of every block of the network, spatially pooled, beside the logits).
 
 A model shows its layers as `feature_names` and `features(images) -> {name: activation}`, with
-`block_names` the layers `--layers auto` picks (its convolution blocks).  mea's LeNet-5 names its
-own; ONNX victims (mea.model_files.OnnxClassifier) name each convolution's output tensor; any other
-PyTorch classifier is wrapped in `TappedClassifier`, which reads its convolutions with forward hooks.
+`block_names` the layers `--layers auto` picks: its convolution blocks, or for a fully connected
+model its hidden layers (every linear layer but the last).  mea's LeNet-5 names its own; ONNX
+victims (mea.model_files.OnnxClassifier) name the output tensors of those operators; any other
+PyTorch classifier is wrapped in `TappedClassifier`, which reads them with forward hooks.
 """
 
 from __future__ import annotations
@@ -18,17 +19,25 @@ from mea.config import AUTO_LAYERS as AUTO  # --layers auto: every convolution b
 from mea.errors import ConfigError
 
 
+def blocks(kinds: list[tuple[str, str]]) -> tuple[str, ...]:
+    """The blocks among (name, kind) in forward order, kind "conv" or "linear": the convolutions, or
+    where there are none the linear layers but the last (which gives the logits)."""
+    convolutions = tuple(name for name, kind in kinds if kind == "conv")
+    return convolutions or tuple(name for name, kind in kinds if kind == "linear")[:-1]
+
+
 class TappedClassifier(nn.Module):
-    """A PyTorch classifier whose convolutions' outputs are read by forward hooks."""
+    """A PyTorch classifier whose blocks' outputs are read by forward hooks."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.block_names = tuple(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        kinds = {nn.Conv2d: "conv", nn.Linear: "linear"}
+        self.block_names = blocks([(n, kinds[type(m)]) for n, m in model.named_modules() if type(m) in kinds])
         self.feature_names = (*self.block_names, "logits")
         self._taken: dict[str, torch.Tensor] | None = None  # only while `features` runs
         for name, module in model.named_modules():
-            if isinstance(module, nn.Conv2d):
+            if name in self.block_names:
                 module.register_forward_hook(functools.partial(self._take, name))
 
     def _take(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
