@@ -165,3 +165,34 @@ def test_a_sidecar_can_name_the_owners_own_evaluation_set(model_file, victim, da
     (own / "model.json").write_text(json.dumps({"class_names": ["a", "b"]}))
     with pytest.raises(ArtifactError, match="class_names must be a list of 10 strings"):
         load_victim(own / "model.onnx")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript ONNX exporter
+def test_a_sidecar_says_how_the_model_wants_its_pixels(victim, tmp_path):
+    """An ONNX graph of 0..255 pixels answers as the victim once its sidecar says `scale: 255`."""
+
+    class Bytes(torch.nn.Module):  # the victim, taking 0..255 pixels
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.inner(images / 255)
+
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "bytes.onnx"
+    batch = {"input_names": ["images"], "dynamic_axes": {"images": {0: "batch"}}}
+    torch.onnx.export(Bytes(victim.model).eval(), (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False, **batch)
+    images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    expected = victim.model(images)
+    assert not torch.allclose(load_victim(path).model(images), expected, atol=1e-3)  # fed [0, 1]: wrong
+    path.with_suffix(".json").write_text(json.dumps({"input": {"scale": 255}}))
+    scaled = load_victim(path)
+    assert torch.allclose(scaled.model(images), expected, atol=1e-3)
+    assert len(scaled.model.features(images)) == 3  # its two convolutions and the logits, for the detector
+    path.with_suffix(".json").write_text(json.dumps({"input": {"scale": "255"}}))
+    with pytest.raises(ArtifactError, match="input must map scale, mean, std to numbers"):
+        load_victim(path)
+    path.with_suffix(".json").write_text(json.dumps({"input": {"std": 0}}))
+    with pytest.raises(ArtifactError, match="positive scale and std"):
+        load_victim(path)

@@ -132,6 +132,35 @@ class OnnxClassifier(nn.Module):
         return [torch.from_numpy(np.asarray(value, dtype=np.float32)) for value in values]
 
 
+class ScaledInput(nn.Module):
+    """A model that takes its images scaled otherwise than mea's [0, 1]: it is fed
+    `(images * scale - mean) / std` (a sidecar's `input`, e.g. scale 255 for 0..255 pixels, or
+    the mean and deviation it was normalised with).  Its layers stay readable for the detector."""
+
+    def __init__(self, model: nn.Module, scale: float = 1.0, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        if not (scale > 0 and std > 0):
+            raise ConfigError(f"input scaling needs a positive scale and std, got scale {scale} and std {std}")
+        self.model, self.scale, self.mean, self.std = model, scale, mean, std
+
+    def _scaled(self, images: torch.Tensor) -> torch.Tensor:
+        return (images * self.scale - self.mean) / self.std
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.model.feature_names
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.model.block_names
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.features(self._scaled(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self._scaled(images))
+
+
 def load_classifier(path: Path, error: type[MeaError] = ArtifactError) -> tuple[nn.Module, str]:
     """(model in eval mode, architecture) from a mea safetensors file ('lenet5', ...) or an ONNX file ('onnx')."""
     path = Path(path)

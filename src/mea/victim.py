@@ -4,9 +4,9 @@ stored in a directory; or a model file (ONNX, mea safetensors) the owner brings.
 A victim directory holds `model.safetensors` (weights, architecture in the header),
 `config.json` (resolved configuration, dataset, splits, command line) and `metrics.json` with a
 confusion matrix PNG.  A model file can say what a file cannot in a sidecar beside it, `MODEL.json`
-(`SIDECAR_KEYS`): its dataset (built-in name, or a path relative to the sidecar), class names and
-calibration split.  Everything downstream names the victim by its directory or file and checks its
-fingerprint.
+(`SIDECAR_KEYS`): its dataset (built-in name, or a path relative to the sidecar), class names,
+calibration split, and how it wants its input scaled.  Everything downstream names the victim by
+its directory or file and checks its fingerprint.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from mea.config import VictimConfig as VictimConfig  # re-exported
 from mea.data import ImageSet, load
 from mea.data.catalog import DATASETS, DEFAULT_DATASET, title
 from mea.defenses.features import with_features
-from mea.errors import ArtifactError, DataError
+from mea.errors import ArtifactError, ConfigError, DataError
 from mea.metrics import classification_metrics
-from mea.model_files import load_classifier
+from mea.model_files import ScaledInput, load_classifier
 from mea.models import NUM_CLASSES
 from mea.plots import confusion_matrix_png
 from mea.runs import VICTIM_WEIGHTS, check_victim_directory, command_line, read_json, run_directory, write_json
@@ -141,7 +141,9 @@ def train_victim(
 
 
 # What a model file's sidecar may say (a victim directory's config.json says it all).
-SIDECAR_KEYS = ("dataset", "class_names", "calibration_size")
+SIDECAR_KEYS = ("dataset", "class_names", "calibration_size", "input")
+# `input`: how the model wants mea's [0, 1] pixels, {"scale": 255, "mean": ..., "std": ...} (ScaledInput).
+INPUT_KEYS = ("scale", "mean", "std")
 
 
 def sidecar_path(model_file: Path) -> Path:
@@ -178,6 +180,18 @@ def read_sidecar(model_file: Path) -> dict:
         config["class_names"] = names
     if "calibration_size" in record:
         config["splits"] = {"calibration_size": int(record["calibration_size"])}
+    if "input" in record:
+        scaling = record["input"]
+        if (
+            not isinstance(scaling, dict)
+            or set(scaling) - set(INPUT_KEYS)
+            or not all(isinstance(v, int | float) for v in scaling.values())
+        ):
+            raise ArtifactError(
+                f'{path}: input must map {", ".join(INPUT_KEYS)} to numbers, e.g. {{"scale": 255}} for a model '
+                "of 0..255 pixels"
+            )
+        config["input"] = {key: float(value) for key, value in scaling.items()}
     return config
 
 
@@ -198,7 +212,13 @@ def load_victim(directory: Path) -> Victim:
     if directory.is_file():
         config = read_sidecar(directory)
         model, arch = load_classifier(weights)
-        return Victim(directory, with_features(model), arch, models.fingerprint(weights), config)
+        model = with_features(model)
+        if "input" in config:
+            try:
+                model = ScaledInput(model, **config["input"])
+            except ConfigError as exc:
+                raise ArtifactError(f"{sidecar_path(directory)}: {exc}") from None
+        return Victim(directory, model, arch, models.fingerprint(weights), config)
     model, arch = models.load(weights)
     model = with_features(model)
     config = read_json(directory / "config.json", "the victim directory is incomplete; retrain it")
