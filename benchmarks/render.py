@@ -1479,7 +1479,8 @@ def readme_sweep_timings(results: Results) -> str:
         )
     text = (
         f"The test suite's 20-trial sweep (`mlp` clones, 300-400 queries, half of them defended, 5 seeds) on one "
-        f"worker took {', and '.join(parts)}; rerunning it took {twenty['rerun_local_wall_s']:.1f} s and ran nothing."
+        f"worker of one torch thread took {', and '.join(parts)}; rerunning it took "
+        f"{twenty['rerun_local_wall_s']:.1f} s and ran nothing."
     )
     if "budgets" in record:
         budgets = record["budgets"]

@@ -3,8 +3,9 @@ everything done, and the README's budget sweep (docs/sweeps/budgets.yaml) with i
 
 The 20-trial sweep is the test suite's (tests/test_sweep.py): MLP clones, 300 and 400 queries,
 undefended and defended (target FPR 0.05), seeds 0-4, one short epoch.  Each backend runs it on
-one worker, through `mea sweep` as a user would; the records of the two backends must agree apart
-from timings.  The budget sweep's report figure is copied to docs/sweep_accuracy_vs_budget.png.
+one worker of one torch thread, through `mea --threads 1 sweep` as a user would; the records of the
+two backends must agree apart from timings.  The budget sweep's report figure is copied to
+docs/sweep_accuracy_vs_budget.png.
 
     python -m benchmarks.sweep_timings --victim runs/victim --defense runs/defense [--no-budgets] [--no-ray]
 """
@@ -61,7 +62,11 @@ def main() -> None:
         for backend in backends:
             out = Path(scratch, backend)
             load = load_average()
-            seconds = timed_mea("sweep", str(config), "--out", str(out), "--backend", backend, "--workers", "1")
+            # One thread per trial on both backends (a Ray task of one CPU gets one): float sums depend
+            # on the thread count, and the records are compared below.
+            seconds = timed_mea(
+                "--threads", "1", "sweep", str(config), "--out", str(out), "--backend", backend, "--workers", "1"
+            )
             twenty[backend] = {"wall_s": seconds, "load_average_1min": load}
             print(f"20-trial sweep, {backend} backend, one worker: {seconds:.1f} s", flush=True)
         twenty["rerun_local_wall_s"] = timed_mea("sweep", str(config), "--out", str(Path(scratch, "local")))

@@ -100,3 +100,15 @@ def test_readjust_follows_the_load_only_where_the_count_was_chosen(two_spinners,
         assert torch.get_num_threads() <= max(1, threads.usable_cpus() - 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fixed_thread_count_reaches_every_sweep_worker(monkeypatch):
+    from mea.experiments.backends import LocalBackend
+
+    monkeypatch.delenv(threads.ENV_THREADS, raising=False)
+    assert threads.configured() is None
+    assert LocalBackend(workers=1).plan(5) == (1, max(1, threads.usable_cpus()))
+    monkeypatch.setenv(threads.ENV_THREADS, "1")  # what `mea --threads 1` sets for the processes it starts
+    assert threads.configured() == 1
+    assert LocalBackend(workers=1).plan(5) == (1, 1)
+    assert LocalBackend(workers=1, threads=3).plan(5) == (1, 3)  # an explicit count still wins

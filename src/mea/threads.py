@@ -78,6 +78,12 @@ def _own_running_threads() -> int:
     return max(1, running)
 
 
+def configured() -> int | None:
+    """The count MEA_THREADS (or `mea --threads`, which sets it) fixes, if any."""
+    value = os.environ.get(ENV_THREADS, "").strip()
+    return pick_threads() if value else None
+
+
 def pick_threads(requested: int | None = None) -> int:
     """`requested`, else MEA_THREADS, else the usable CPUs not busy elsewhere (at least one)."""
     if requested:

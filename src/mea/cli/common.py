@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,6 +95,9 @@ def use_threads() -> None:
     """
     context = click.get_current_context(silent=True)
     requested = context.find_root().params.get("threads") if context is not None else None
+    if requested:
+        # As MEA_THREADS=N: the processes this command starts (a sweep's workers) keep to it too.
+        os.environ[threads.ENV_THREADS] = str(requested)
     threads.apply(requested)
 
 

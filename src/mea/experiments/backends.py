@@ -21,7 +21,7 @@ import torch
 from mea.errors import ConfigError
 from mea.experiments import shipping
 from mea.experiments.trial import Outcome, Trial, TrialContext, run_trial
-from mea.threads import usable_cpus
+from mea.threads import configured, usable_cpus
 
 
 class Backend(Protocol):
@@ -38,8 +38,9 @@ class Backend(Protocol):
 class LocalBackend:
     """Worker processes on this machine; `workers` None: one per core, at most one per trial.
 
-    `threads` None gives each worker its share of the cores; set it to match another run's thread
-    count when records must agree bit for bit (floating-point sums depend on how work is split).
+    `threads` None gives each worker its share of the cores, or the count `mea --threads` /
+    MEA_THREADS fixes; set it to match another run's thread count when records must agree bit for
+    bit (floating-point sums depend on how work is split).
     """
 
     workers: int | None = None
@@ -50,7 +51,7 @@ class LocalBackend:
         """(worker processes, torch threads each): together never more threads than cores."""
         cores = usable_cpus()
         workers = max(1, min(self.workers or cores, n_trials))
-        return workers, self.threads or max(1, cores // workers)
+        return workers, self.threads or configured() or max(1, cores // workers)
 
     @classmethod
     def from_options(cls, workers: int | None, address: str | None) -> LocalBackend:
