@@ -1225,6 +1225,28 @@ def readme_thread_contention(results: Results) -> str:
     )
 
 
+def readme_omp_wait_policy(results: Results) -> str:
+    """benchmarks/results/omp_wait_policy.json (benchmarks.omp_wait_policy): OpenMP's idle threads."""
+    record = results["omp_wait_policy.json"]
+    rows = record["rows"]
+    baseline = next(r["train_s"] for r in rows if r["setting"] == "alone" and r["policy"].startswith("default"))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    cells = {(r["policy"], r["setting"]): r["train_s"] for r in rows}
+    body = [
+        [f"`{policy}`" if not policy.startswith("default") else policy]
+        + [f"{cells[policy, setting]:.1f} s ({cells[policy, setting] / baseline:.2f}x)" for setting in settings]
+        for policy in policies
+    ]
+    return "\n\n".join(
+        [
+            table(["OMP_WAIT_POLICY", *(f"`mea attack`: {s}" for s in settings)], body),
+            "Training time of the clone (median of the copies), and in brackets against the default policy alone.",
+            source(record["provenance"], "`benchmarks/results/omp_wait_policy.json`", timed=True),
+        ]
+    )
+
+
 # --- README.md: the attack suite -----------------------------------------------------------------
 
 
@@ -1767,6 +1789,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "quickstart": readme_quickstart,
     "startup": readme_startup,
     "thread-contention": readme_thread_contention,
+    "omp-wait-policy": readme_omp_wait_policy,
     "victim": readme_victim,
     "default-attack": readme_default_attack,
     "time-to-98": readme_time_to_98,

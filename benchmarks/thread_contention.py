@@ -39,9 +39,11 @@ def job_args(job: str, victim: Path, out: Path) -> list[str]:
     return ["train-victim", "--out", str(out)]
 
 
-def start(job: str, victim: Path, out: Path, threads: int | None) -> subprocess.Popen:
+def start(
+    job: str, victim: Path, out: Path, threads: int | None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "mea", *([] if threads is None else ["--threads", str(threads)])]
-    environment = {**os.environ, "CI": "true"}  # no progress bars
+    environment = {**os.environ, "CI": "true", **(env or {})}  # CI: no progress bars
     environment.pop("MEA_THREADS", None)
     return subprocess.Popen(
         [*command, *job_args(job, victim, out)], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -65,15 +67,15 @@ def wait_until_training(process: subprocess.Popen, pause_s: float = 8.0) -> None
         time.sleep(0.2)
 
 
-def measure(job: str, setting: str, victim: Path, scratch: Path) -> list[dict]:
+def measure(job: str, setting: str, victim: Path, scratch: Path, env: dict[str, str] | None = None) -> list[dict]:
     outs = [scratch / f"{job}-{setting.split(',')[0].replace(' ', '-')}-{i}-{time.monotonic_ns()}" for i in (0, 1)]
     if setting == "alone":
-        return [finish(start(job, victim, outs[0], None), outs[0])]
+        return [finish(start(job, victim, outs[0], None, env), outs[0])]
     threads = usable_cpus() if "before" in setting else None
-    first = start(job, victim, outs[0], threads)
+    first = start(job, victim, outs[0], threads, env)
     if setting == "pair, staggered":
         wait_until_training(first)
-    second = start(job, victim, outs[1], threads)
+    second = start(job, victim, outs[1], threads, env)
     return [finish(first, outs[0]), finish(second, outs[1])]
 
 
