@@ -1250,6 +1250,15 @@ def readme_omp_wait_policy(results: Results) -> str:
 # --- README.md: the attack suite -----------------------------------------------------------------
 
 
+def _fidelity_cell(row: dict | None, digits: int) -> str:
+    """A curve's point: mean ± sd of the fidelity in percent, or its one seed's value."""
+    if row is None:
+        return ""
+    if row["fidelity_std"] is None:
+        return f"{100 * row['fidelity_mean']:.{digits}f} (1 seed)"
+    return f"{100 * row['fidelity_mean']:.{digits}f} ± {100 * row['fidelity_std']:.{digits}f}"
+
+
 FASHION_POOLS = {
     "mnist-train": "MNIST digits",
     "uniform": "uniform noise",
@@ -1270,13 +1279,7 @@ def readme_fashion_mnist(results: Results) -> str:
     ):
         line = [f"`{strategy}`", FASHION_POOLS[pool]]
         for budget in budgets:
-            row = cells.get((strategy, pool, budget))
-            if row is None:
-                line.append("")
-            elif row["fidelity_std"] is None:
-                line.append(f"{100 * row['fidelity_mean']:.1f} (1 seed)")
-            else:
-                line.append(f"{100 * row['fidelity_mean']:.1f} ± {100 * row['fidelity_std']:.1f}")
+            line.append(_fidelity_cell(cells.get((strategy, pool, budget)), 1))
         rows.append(line)
     defense = record["defense"]
     defense_rows = [
@@ -1328,13 +1331,7 @@ def readme_attack_curves(results: Results) -> str:
     for curve in curves:
         line = [curve]
         for budget in budgets:
-            row = cells.get((curve, budget))
-            if row is None:
-                line.append("")
-            elif row["fidelity_std"] is None:
-                line.append(f"{100 * row['fidelity_mean']:.2f} (1 seed)")
-            else:
-                line.append(f"{100 * row['fidelity_mean']:.2f} ± {100 * row['fidelity_std']:.2f}")
+            line.append(_fidelity_cell(cells.get((curve, budget)), 2))
         rows.append(line)
     provenance = record["provenance"]
     seeds = record["seeds"]

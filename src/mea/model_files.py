@@ -85,11 +85,11 @@ class OnnxClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._run(self._session, [self._output], images)[0]
 
-    @functools.cached_property
+    @property
     def block_names(self) -> tuple[str, ...]:
         """The output tensors of the graph's convolutions, or of a fully connected graph's hidden
         layers (the detector's `--layers auto`, mea.defenses.features.blocks)."""
-        return tuple(self._tapped_graph()[1])
+        return tuple(self._tapped_graph[1])
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -97,11 +97,12 @@ class OnnxClassifier(nn.Module):
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._tapped is None:
-            graph, _ = self._tapped_graph()
+            graph, _ = self._tapped_graph
             self._tapped = _onnxruntime().InferenceSession(graph, providers=["CPUExecutionProvider"])
         values = self._run(self._tapped, [self._output, *self.block_names], images)
         return {"logits": values[0], **dict(zip(self.block_names, values[1:], strict=True))}
 
+    @functools.cached_property
     def _tapped_graph(self) -> tuple[bytes, list[str]]:
         """The graph with every block's output added to its outputs (shapes from ONNX's inference)."""
         try:

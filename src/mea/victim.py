@@ -81,9 +81,11 @@ class Victim:
         """The defender's held-out in-distribution images (never trained on, never evaluated on)."""
         return self._fitting(load(self.dataset, "train", data_dir).subset(self.splits.calibration))
 
-    def training_set(self, data_dir: Path | None = None) -> ImageSet:
-        """The images the victim was trained on (the defender owns them)."""
-        return self._fitting(load(self.dataset, "train", data_dir).subset(self.splits.victim_train))
+    def owner_sets(self, data_dir: Path | None = None) -> tuple[ImageSet, ImageSet]:
+        """(the images the victim was trained on, the calibration split): the defender's own data,
+        from one read of the training part."""
+        train = self._fitting(load(self.dataset, "train", data_dir))
+        return train.subset(self.splits.victim_train), train.subset(self.splits.calibration)
 
     def _fitting(self, data: ImageSet) -> ImageSet:
         if len(data) and int(data.labels.max()) >= NUM_CLASSES:

@@ -87,7 +87,7 @@ def fit_defense(
     splits = victim.splits
     start = time.perf_counter()
     with run_directory(out, force) as scratch:
-        fit_set, calibration = victim.training_set(data_dir), victim.calibration_set(data_dir)
+        fit_set, calibration = victim.owner_sets(data_dir)
         detector = OodDetector.fit(victim.model, fit_set.images, fit_set.labels, calibration.images, config)
         detector.save(scratch)
         calibration_fpr = float(

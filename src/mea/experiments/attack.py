@@ -78,7 +78,8 @@ def run_attack(
     pool = None
     if config.pool != NO_POOL:
         pool = make_pool(pool_path or config.pool, data_dir, seed=config.seed)
-        pool = dataclasses.replace(pool, name=config.pool)
+        if pool_path is not None:  # the name the trial gave it, not this node's path
+            pool = dataclasses.replace(pool, name=config.pool)
     oracle = oracle or VictimOracle(victim.model, parse_output(config.output), budget=config.queries)
     extraction = extract(
         oracle,

@@ -60,7 +60,7 @@ def evaluate_defense(
     check_out(out, force)
     start = time.perf_counter()
     test = victim.test_set(data_dir)
-    calibration, train_split = victim.calibration_set(data_dir), victim.training_set(data_dir)
+    train_split, calibration = victim.owner_sets(data_dir)
     task = victim.dataset_title
     detector = defense.detector
     pools = {source: make_pool(source, data_dir, seed=config.seed) for source in config.sources}

@@ -223,7 +223,7 @@ def train_references(
 def fingerprint_victim(victim: Victim, config: FingerprintConfig, data_dir: Path | None = None) -> Fingerprint:
     """`make_fingerprint` for a `mea` victim: references trained on the victim's own training split,
     conferrable examples made from its calibration split (both the owner's data, never the attacker's)."""
-    train, calibration = victim.training_set(data_dir), victim.calibration_set(data_dir)
+    train, calibration = victim.owner_sets(data_dir)
     return make_fingerprint(
         victim.model, victim.fingerprint, train.images, train.labels, calibration.images, calibration.labels, config
     )
