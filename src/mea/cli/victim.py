@@ -141,8 +141,8 @@ def demo_command(out: Path, force: bool, data_dir: Path | None, quiet: bool) -> 
     console().print(f"[bold]1/2[/bold] training the victim LeNet-5 on {spec.title} ({train_images:,} images)")
     train_victim(victim_config, out / "victim", data_dir, force=True, progress=not quiet)
     console().print(
-        f"[bold]2/2[/bold] stealing it: {attack_config.queries:,} {attack_config.output} queries from the "
-        f"{attack_config.pool} pool, no true labels"
+        f"[bold]2/2[/bold] stealing it: {attack_config.queries:,} queries from the {attack_config.pool} pool, "
+        f"answered with {attack_config.output}, no true labels"
     )
     metrics = run_attack(
         attack_config, load_victim(out / "victim"), data_dir, out=out / "attack", force=True, progress=not quiet
