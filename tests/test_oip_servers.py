@@ -143,8 +143,8 @@ def test_server_mistakes_are_clear(kserve):
     [
         ({"outputs": [{"name": "p"}]}, "declares 0 inputs in its metadata; mea sends one batch of images"),
         (
-            {"inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}], "outputs": [{"name": "p"}]},
-            r"takes input of shape \[-1, 3, 32, 32\], not \[-1, 1, 28, 28\] or \[-1, 784\]",
+            {"inputs": [{"name": "x", "shape": [-1, 2, 28, 28]}], "outputs": [{"name": "p"}]},
+            r"takes input of shape \[-1, 2, 28, 28\]: .*not images \[B, C, H, W\] with 1 or 3 channels",
         ),
         (
             {"inputs": [{"name": "x", "shape": [-1, 784], "datatype": "BYTES"}], "outputs": [{"name": "p"}]},
@@ -152,8 +152,8 @@ def test_server_mistakes_are_clear(kserve):
         ),
         ({"inputs": [{"name": "x", "shape": [-1, 784]}]}, "declares no outputs in its metadata"),
         (
-            {"inputs": [{"name": "x", "shape": [-1, 784]}], "outputs": [{"name": "p", "shape": [-1, 5]}]},
-            r"neither class scores \[-1, 10\] nor labels",
+            {"inputs": [{"name": "x", "shape": [-1, 784]}], "outputs": [{"name": "p", "shape": [-1, 5, 2]}]},
+            r"neither class scores \[-1, K\] nor labels",
         ),
     ],
 )
@@ -162,3 +162,20 @@ def test_metadata_that_lacks_what_mea_needs_is_named(metadata, message):
 
     with pytest.raises(ServiceError, match=message):
         ServedModel.from_metadata(metadata, "http://127.0.0.1:1", "lenet")
+
+
+def test_the_served_models_shape_and_classes_come_from_its_metadata():
+    from mea.serve.client import ServedModel
+    from mea.signature import Signature
+
+    colour = {"inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}], "outputs": [{"name": "p", "shape": [-1, 5]}]}
+    assert ServedModel.from_metadata(colour, "http://h", "m").signature == Signature((3, 32, 32), 5)
+    flat = {
+        "inputs": [{"name": "x", "shape": [-1, 1024]}],
+        "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
+    }
+    served = ServedModel.from_metadata(flat, "http://h", "m", classes=4)
+    assert served.signature == Signature((1, 32, 32), 4) and served.labels
+    # The local victim the clone is scored against says 10 classes; a server of 5 is another model.
+    with pytest.raises(ServiceError, match=r"neither class scores \[-1, 10\] nor labels"):
+        ServedModel.from_metadata(colour, "http://h", "m", classes=10)

@@ -31,7 +31,7 @@ def test_output_modes_shape_answers():
     assert torch.allclose(rounded, torch.tensor([[0.1, 0.9] + [0.0] * 8]))
 
 
-def test_parse_output():
+def test_parse_output(model):
     assert parse_output("probabilities") == Probabilities()
     assert parse_output("top-k:5") == TopK(5) and parse_output("top-k") == TopK(3)
     assert parse_output("rounded:3") == Rounded(3) and parse_output("label") == Label()
@@ -39,8 +39,10 @@ def test_parse_output():
         parse_output("logits")
     with pytest.raises(ConfigError, match="needs an integer"):
         parse_output("top-k:many")
-    with pytest.raises(ConfigError, match="1 <= k <= 10"):
-        parse_output("top-k:11")
+    with pytest.raises(ConfigError, match="k >= 1"):
+        parse_output("top-k:0")
+    with pytest.raises(ConfigError, match="k <= the victim's 10 classes"):
+        VictimOracle(model, parse_output("top-k:11"))
 
 
 def test_budget_is_exact_and_a_refused_batch_costs_nothing(model):

@@ -151,8 +151,12 @@ def test_a_sidecar_can_name_the_owners_own_evaluation_set(model_file, victim, da
     mine = load_victim(own / "model.onnx")
     assert mine.dataset == str((own / "holdout.npz").resolve()) and mine.dataset_title == "holdout.npz"
     assert len(mine.test_set()) == 500
-    with pytest.raises(DataError, match="calibration split is a part of a built-in dataset"):
+    # The defender's calibration split comes from the owner's images too: the sidecar sizes it.
+    with pytest.raises(ConfigError, match=r"between 1 and 499 .*holds 500 training images.*sidecar's calibration_size"):
         mine.calibration_set()
+    (own / "model.json").write_text(json.dumps({"dataset": "holdout.npz", "calibration_size": 100}))
+    calibration = load_victim(own / "model.onnx").calibration_set()
+    assert torch.equal(calibration.labels, test.labels[400:500])
 
     # Labels the victim's ten classes cannot answer: the model and the data disagree on the task.
     np.savez(own / "holdout.npz", images=np.zeros((3, 28, 28), np.uint8), labels=np.array([0, 5, 11]))
@@ -163,7 +167,7 @@ def test_a_sidecar_can_name_the_owners_own_evaluation_set(model_file, victim, da
     with pytest.raises(ArtifactError, match="may hold only the keys dataset, class_names, calibration_size"):
         load_victim(own / "model.onnx")
     (own / "model.json").write_text(json.dumps({"class_names": ["a", "b"]}))
-    with pytest.raises(ArtifactError, match="class_names must be a list of 10 strings"):
+    with pytest.raises(ArtifactError, match=r"names 2 classes, but .* answers 10; list the model.s classes in order"):
         load_victim(own / "model.onnx")
 
 

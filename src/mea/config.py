@@ -142,11 +142,22 @@ class Splits:
     def __post_init__(self) -> None:
         size = self.train_size
         if not 0 < self.calibration_size < size:
-            raise ConfigError(f"calibration split size must be between 1 and {size - 1}, got {self.calibration_size}")
+            raise ConfigError(
+                f"calibration split size must be between 1 and {size - 1} ({self.dataset} holds {size} training "
+                f"images), got {self.calibration_size}; set --calibration-size or a sidecar's calibration_size"
+            )
 
     @property
     def train_size(self) -> int:
-        return dataset_spec(self.dataset).train_images.shape[0]
+        return self._size("train")
+
+    def _size(self, part: str) -> int:
+        if self.dataset in DATASETS:
+            spec = dataset_spec(self.dataset)
+            return (spec.train_images if part == "train" else spec.test_images).shape[0]
+        from mea.data import files  # a user's own images by path: counted once read (and cached)
+
+        return len(files.read(self.dataset, part).images)
 
     @property
     def victim_train(self) -> slice:
@@ -157,7 +168,7 @@ class Splits:
         return slice(self.train_size - self.calibration_size, self.train_size)
 
     def describe(self) -> dict:
-        test_size = dataset_spec(self.dataset).test_images.shape[0]
+        test_size = self._size("test")
         return {
             **asdict(self),
             "victim_train": f"{self.dataset} train[{self.victim_train.start}:{self.victim_train.stop}]",

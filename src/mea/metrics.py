@@ -14,16 +14,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from mea.models import NUM_CLASSES
-
-_CLASSES = list(range(NUM_CLASSES))
-
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
     accuracy: float
     loss: float
-    precision: float  # macro averages over the 10 classes
+    precision: float  # macro averages over the classes
     recall: float
     f1: float
     per_class: dict[str, list[float]]  # precision, recall, f1, support, index = class
@@ -34,11 +30,12 @@ class ClassificationMetrics:
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> ClassificationMetrics:
-    """Metrics of predictions (logits, shape (N, 10)) against true labels (N,)."""
+    """Metrics of predictions (logits, shape (N, classes)) against true labels (N,)."""
     y_true = labels.numpy()
     y_pred = logits.argmax(1).numpy()
+    classes = list(range(logits.shape[1]))
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=_CLASSES, average=None, zero_division=0
+        y_true, y_pred, labels=classes, average=None, zero_division=0
     )
     return ClassificationMetrics(
         accuracy=float(accuracy_score(y_true, y_pred)),
@@ -52,7 +49,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Classi
             "f1": f1.tolist(),
             "support": support.tolist(),
         },
-        confusion_matrix=confusion_matrix(y_true, y_pred, labels=_CLASSES).tolist(),
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=classes).tolist(),
     )
 
 

@@ -2,8 +2,8 @@
 
 A victim (`mea attack --victim model.onnx`) and a suspect (`mea verify --suspect model.onnx`) are
 read the same way.  Nothing here unpickles: a pickle (a `torch.save` file) is refused with a way to
-convert it.  Today every model must classify 28x28 grey images into 10 classes (the shape of the
-built-in tasks, mea.data.catalog).
+convert it.  A model classifies images of 1 or 3 channels into any number of classes: its input
+shape and class count are read from the file (`signature`, mea.signature).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mea.errors import ArtifactError, ConfigError, MeaError
-from mea.models import NUM_CLASSES
+from mea.signature import Signature
 
 PICKLE_HINT = (
     "mea never unpickles a model; save its weights with safetensors (mea's own clone.safetensors) "
@@ -52,7 +52,7 @@ def _onnxruntime():
 
 
 class OnnxClassifier(nn.Module):
-    """An ONNX classifier of 28x28 grey images (input [B, 1, 28, 28] or [B, 784], output [B, 10]),
+    """An ONNX image classifier (input [B, C, H, W], or [B, H*W] flat grey; output [B, classes]),
     run by onnxruntime on the CPU, as a torch module for inference (no gradients flow through it)."""
 
     def __init__(self, path: Path, error: type[MeaError] = ArtifactError) -> None:
@@ -69,18 +69,27 @@ class OnnxClassifier(nn.Module):
             raise error(f"{path} takes {len(inputs)} inputs; a classifier must take one image batch")
         self._input = inputs[0].name
         dims = list(inputs[0].shape)[1:]
-        if dims not in ([1, 28, 28], [784]):
+        if not all(isinstance(d, int) for d in dims):
             raise error(
-                f"{path} takes input of shape {inputs[0].shape}, not [B, 1, 28, 28] or [B, 784]: "
-                "it is not a model of 28x28 grey images"
+                f"{path} takes input of shape {inputs[0].shape}; export it with a fixed image size "
+                "(only the batch dimension may vary)"
             )
-        self._flat = dims == [784]
+        try:
+            image_shape = Signature.of_input(dims, 2, str(path)).image_shape
+        except ConfigError as exc:
+            raise error(f"{exc}; it is not an image classifier mea can attack") from None
+        self._flat = len(dims) == 1
         self._output = self._session.get_outputs()[0].name
         self.source = str(path)
         self._path = Path(path)
         self._tapped = None  # a session that also answers the convolutions' outputs, made on first use
-        # The class count is a property of the output; check it on one blank image.
-        self(torch.zeros(1, 1, 28, 28))
+        # The class count is a property of the output: read it from one blank image's answer.
+        self._classes = None
+        logits = self(torch.zeros(1, *image_shape))
+        try:
+            self.signature = Signature(image_shape, logits.shape[1])
+        except ConfigError as exc:
+            raise error(f"{path}: {exc}") from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._run(self._session, [self._output], images)[0]
@@ -125,11 +134,11 @@ class OnnxClassifier(nn.Module):
         feed = images.detach().reshape(len(images), -1) if self._flat else images.detach().contiguous()
         values = session.run(outputs, {self._input: feed.numpy().astype(np.float32)})
         logits = np.asarray(values[0])
-        if logits.ndim != 2 or logits.shape[1] != NUM_CLASSES:
+        if logits.ndim != 2 or logits.shape[1] < 2 or self._classes not in (None, logits.shape[1]):
             raise self._error(
-                f"{self.source} answers shape {list(logits.shape)}, not [B, {NUM_CLASSES}]: "
-                f"it is not a {NUM_CLASSES}-class classifier"
+                f"{self.source} answers shape {list(logits.shape)}, not [B, classes]: it is not an image classifier"
             )
+        self._classes = logits.shape[1]
         return [torch.from_numpy(np.asarray(value, dtype=np.float32)) for value in values]
 
 
@@ -143,6 +152,10 @@ class ScaledInput(nn.Module):
         if not (scale > 0 and std > 0):
             raise ConfigError(f"input scaling needs a positive scale and std, got scale {scale} and std {std}")
         self.model, self.scale, self.mean, self.std = model, scale, mean, std
+
+    @property
+    def signature(self) -> Signature:
+        return self.model.signature
 
     def _scaled(self, images: torch.Tensor) -> torch.Tensor:
         return (images * self.scale - self.mean) / self.std
@@ -181,11 +194,14 @@ def load_classifier(path: Path, error: type[MeaError] = ArtifactError) -> tuple[
 
 
 def export_onnx(model: nn.Module, path: Path) -> float:
-    """Write `model` as ONNX (input "images" [B, 1, 28, 28], output "logits" [B, 10], any batch size)
-    and check the export: returns the largest logit difference on a batch of test inputs, an
+    """Write `model` as ONNX (input "images" [B, C, H, W], output "logits" [B, classes], any batch
+    size) and check the export: returns the largest logit difference on a batch of test inputs, an
     ArtifactError past EXPORT_TOLERANCE (the file is removed)."""
+    from mea.models import signature_of
+
     model = model.eval()
-    example = torch.zeros(1, 1, 28, 28)
+    image_shape = signature_of(model).image_shape
+    example = torch.zeros(1, *image_shape)
     # The TorchScript exporter: the torch.export one needs onnxscript, which mea does not install.
     # It warns that it is deprecated, which the user of `mea export` can do nothing about.
     with warnings.catch_warnings():
@@ -199,7 +215,7 @@ def export_onnx(model: nn.Module, path: Path) -> float:
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             dynamo=False,
         )
-    probe = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    probe = torch.rand(64, *image_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(probe.contiguous(memory_format=torch.channels_last))
     difference = float((OnnxClassifier(path)(probe) - expected).abs().max())

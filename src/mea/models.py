@@ -11,6 +11,7 @@ inference here, 1.3x faster training), so inputs are converted with `as_input`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -24,12 +25,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mea.errors import ArtifactError, ConfigError
+from mea.signature import DEFAULT, Signature
 
-NUM_CLASSES = 10
+NUM_CLASSES = DEFAULT.classes  # the default task's (MNIST's); a model's own is `signature_of(model)`
+
+
+def _after_two_blocks(size: int) -> int:
+    """A side after LeNet's conv(5x5, padding 2) - pool - conv(5x5) - pool."""
+    return (size // 2 - 4) // 2
 
 
 class LeNet5(nn.Module):
-    """LeNet-5: conv(6, 5x5) - pool - conv(16, 5x5) - pool - fc120 - fc84 - fc10, on 28x28 input.
+    """LeNet-5: conv(6, 5x5) - pool - conv(16, 5x5) - pool - fc120 - fc84 - fc10, on 28x28 input
+    (other input shapes and class counts through `signature`).
 
     `features` exposes every stage, for detectors that read inner layers (Lee et al. 2018).
     """
@@ -37,13 +45,15 @@ class LeNet5(nn.Module):
     feature_names = ("conv1", "conv2", "fc1", "fc2", "logits")
     block_names = ("conv1", "conv2")  # what the detector's `--layers auto` reads (mea.defenses.features)
 
-    def __init__(self) -> None:
+    def __init__(self, signature: Signature = DEFAULT) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.signature = signature
+        channels, height, width = signature.image_shape
+        self.conv1 = nn.Conv2d(channels, 6, 5, padding=2)
         self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc1 = nn.Linear(16 * _after_two_blocks(height) * _after_two_blocks(width), 120)
         self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, NUM_CLASSES)
+        self.fc3 = nn.Linear(84, signature.classes)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # Pool before ReLU: the same function as ReLU-then-pool (both are monotone), but the
@@ -61,12 +71,14 @@ class LeNet5(nn.Module):
 class SmallCNN(nn.Module):
     """A smaller clone: conv(4, 5x5) - pool - conv(8, 5x5) - pool - fc32 - fc10."""
 
-    def __init__(self) -> None:
+    def __init__(self, signature: Signature = DEFAULT) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 5, padding=2)
+        self.signature = signature
+        channels, height, width = signature.image_shape
+        self.conv1 = nn.Conv2d(channels, 4, 5, padding=2)
         self.conv2 = nn.Conv2d(4, 8, 5)
-        self.fc1 = nn.Linear(8 * 5 * 5, 32)
-        self.fc2 = nn.Linear(32, NUM_CLASSES)
+        self.fc1 = nn.Linear(8 * _after_two_blocks(height) * _after_two_blocks(width), 32)
+        self.fc2 = nn.Linear(32, signature.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
@@ -75,12 +87,18 @@ class SmallCNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """A clone with no convolutions: 784 - 256 - 128 - 10."""
+    """A clone with no convolutions: 784 - 256 - 128 - 10 (on 28x28 grey images, 10 classes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signature: Signature = DEFAULT) -> None:
         super().__init__()
+        self.signature = signature
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, NUM_CLASSES)
+            nn.Flatten(),
+            nn.Linear(signature.pixels, 256),
+            nn.ReLU(),
+            nn.Linear(256, 128),
+            nn.ReLU(),
+            nn.Linear(128, signature.classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +115,13 @@ def pooled(activation: torch.Tensor) -> torch.Tensor:
     return activation.mean(dim=(2, 3)) if activation.ndim == 4 else activation
 
 
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"lenet5": LeNet5, "small-cnn": SmallCNN, "mlp": MLP}
+ARCHITECTURES: dict[str, Callable[[Signature], nn.Module]] = {"lenet5": LeNet5, "small-cnn": SmallCNN, "mlp": MLP}
+
+
+def signature_of(model: nn.Module) -> Signature:
+    """What `model` takes and answers: its own `signature` (mea's models, model files and the
+    wrappers around them carry one), else the default task's."""
+    return getattr(model, "signature", DEFAULT)
 
 
 def check_arch(name: str) -> str:
@@ -106,12 +130,14 @@ def check_arch(name: str) -> str:
     return name
 
 
-def build(name: str, seed: int) -> nn.Module:
-    """A freshly initialised model whose weights depend on `seed` alone (no global RNG state).
+def build(name: str, seed: int, signature: Signature = DEFAULT) -> nn.Module:
+    """A freshly initialised model of `signature`'s input and classes whose weights depend on `seed`
+    alone (no global RNG state).
 
     Uses PyTorch's default initialisation for Conv2d and Linear, drawn from a private generator.
     """
-    return initialise(ARCHITECTURES[check_arch(name)], seed).to(memory_format=torch.channels_last)
+    make = functools.partial(ARCHITECTURES[check_arch(name)], signature)
+    return initialise(make, seed).to(memory_format=torch.channels_last)
 
 
 def initialise(make: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -134,7 +160,8 @@ def initialise(make: Callable[[], nn.Module], seed: int) -> nn.Module:
 def save(model: nn.Module, arch: str, path: Path) -> None:
     """Write weights as safetensors, with the architecture name in the header."""
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"arch": arch, "format": "mea-model-v1"})
+    metadata = {"arch": arch, "format": "mea-model-v1", **signature_of(model).to_metadata()}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def load(path: Path) -> tuple[nn.Module, str]:
@@ -152,7 +179,10 @@ def load(path: Path) -> tuple[nn.Module, str]:
     arch = metadata.get("arch")
     if arch not in ARCHITECTURES:
         raise ArtifactError(f"{path} names no known architecture ({arch!r}); it was not written by mea")
-    model = ARCHITECTURES[arch]()
+    try:
+        model = ARCHITECTURES[arch](Signature.from_metadata(metadata))
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:

@@ -1,7 +1,8 @@
 """The black-box oracle: the one door to the victim that every attack goes through.
 
-An attacker sends images in [0, 1], shape (B, 1, 28, 28), and reads answers of shape (B, 10)
-shaped by an output mode.  One image is one query.  The oracle enforces the query budget, runs the
+An attacker sends images in [0, 1] of the victim's input shape, (B, 1, 28, 28) for the default
+victim, and reads answers of shape (B, classes) shaped by an output mode; `signature` says both,
+as a served model's metadata does.  One image is one query.  The oracle enforces the query budget, runs the
 victim in eval mode without autograd, and exposes neither weights nor gradients, so the same attack
 runs unchanged against an in-process victim, a defended victim or a served HTTP API
 (after the `Blackbox` of Orekondy et al. 2019, Knockoff Nets).
@@ -18,7 +19,8 @@ from torch import nn
 
 from mea.config import OUTPUT_MODES
 from mea.errors import BudgetExhausted, ConfigError
-from mea.models import NUM_CLASSES, as_input, pooled
+from mea.models import as_input, pooled, signature_of
+from mea.signature import Signature
 
 # --- output modes: what the service reveals of its probabilities -------------------------------
 
@@ -42,15 +44,15 @@ class TopK:
     k: int = 3
 
     def __post_init__(self) -> None:
-        if not 1 <= self.k <= NUM_CLASSES:
-            raise ConfigError(f"top-k needs 1 <= k <= {NUM_CLASSES}, got {self.k}; e.g. --output top-k:3")
+        if not self.k >= 1:
+            raise ConfigError(f"top-k needs k >= 1, got {self.k}; e.g. --output top-k:3")
 
     @property
     def spec(self) -> str:
         return f"top-k:{self.k}"
 
     def __call__(self, probs: torch.Tensor) -> torch.Tensor:
-        values, index = probs.topk(self.k, dim=1)
+        values, index = probs.topk(min(self.k, probs.shape[1]), dim=1)
         return torch.zeros_like(probs).scatter_(1, index, values)
 
 
@@ -63,7 +65,7 @@ class Label:
         return "label"
 
     def __call__(self, probs: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(probs.argmax(1), NUM_CLASSES).to(probs.dtype)
+        return F.one_hot(probs.argmax(1), probs.shape[1]).to(probs.dtype)
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,13 @@ class Oracle(Protocol):
     @property
     def budget(self) -> int | None: ...
 
+    @property
+    def signature(self) -> Signature:
+        """The victim's input shape and number of classes (what a served model's metadata says)."""
+        ...
+
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        """Answers of shape (B, 10) for images of shape (B, 1, 28, 28) in [0, 1]."""
+        """Answers of shape (B, classes) for images of shape (B, *signature.image_shape) in [0, 1]."""
         ...
 
 
@@ -144,13 +151,17 @@ class OracleWrapper:
     def budget(self) -> int | None:
         return self._oracle.budget
 
+    @property
+    def signature(self) -> Signature:
+        return self._oracle.signature
 
-def check_images(images: torch.Tensor) -> torch.Tensor:
-    """Validate a query batch; returns it as contiguous float32."""
+
+def check_images(images: torch.Tensor, image_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
+    """Validate a query batch for a victim of `image_shape`; returns it as contiguous float32."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"queries must be a torch.Tensor, got {type(images).__name__}")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"queries must have shape (B, 1, 28, 28), got {tuple(images.shape)}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"queries must have shape (B, {', '.join(map(str, image_shape))}), got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"queries must be floating point in [0, 1], got dtype {images.dtype}")
     images = images.detach().float()
@@ -195,6 +206,9 @@ class VictimOracle:
             parameter.requires_grad_(False)
         self._output = output or Probabilities()
         self._budget = QueryBudget(budget)
+        self._signature = signature_of(model)
+        if isinstance(self._output, TopK) and self._output.k > self._signature.classes:
+            raise ConfigError(f"top-k needs k <= the victim's {self._signature.classes} classes, got {self._output.k}")
 
     @property
     def output(self) -> OutputMode:
@@ -208,18 +222,22 @@ class VictimOracle:
     def budget(self) -> int | None:
         return self._budget.limit
 
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
     def inspect(self, images: torch.Tensor, layers: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Charge and answer a batch as `query` does, in exact probabilities, with the named layers'
         features (convolutional maps averaged over space) from the same forward pass.
 
         For the defender in front of this victim (see `DefendedOracle`), never for an attacker.
         """
-        images = check_images(images)
+        images = check_images(images, self._signature.image_shape)
         self._budget.charge(len(images))
         return self._forward(images, layers)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        images = check_images(images)
+        images = check_images(images, self._signature.image_shape)
         self._budget.charge(len(images))
         return self._output(self._forward(images, ())[0])
 
@@ -238,7 +256,7 @@ class VictimOracle:
                 for layer in layers:
                     features[layer].append(pooled(inner[layer]))
         if not probabilities:
-            return torch.empty(0, NUM_CLASSES), {layer: torch.empty(0) for layer in layers}
+            return torch.empty(0, self._signature.classes), {layer: torch.empty(0) for layer in layers}
         if len(probabilities) == 1:  # most calls: skip the copies, a tenth of a small batch's time
             return probabilities[0], {layer: parts[0] for layer, parts in features.items()}
         return torch.cat(probabilities), {layer: torch.cat(parts) for layer, parts in features.items()}

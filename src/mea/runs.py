@@ -125,7 +125,7 @@ def check_victim_directory(directory: Path) -> Path:
         if directory.suffix not in VICTIM_FILE_SUFFIXES:
             raise ArtifactError(
                 f"{directory} is not a victim: pass a victim directory (`mea train-victim --out DIR`), "
-                f"or a model file ending in {' or '.join(VICTIM_FILE_SUFFIXES)}"
+                f"a model file ending in .safetensors or .onnx, or a served victim's .json file"
             )
         return directory
     if not directory.is_dir():
@@ -140,8 +140,10 @@ def check_victim_directory(directory: Path) -> Path:
     return weights
 
 
-# Victims as a single model file (mea.model_files): mea's safetensors, or ONNX.
-VICTIM_FILE_SUFFIXES = (".safetensors", ".onnx")
+# Victims as a single model file (mea.model_files): mea's safetensors, or ONNX; or a victim
+# served elsewhere, named by a JSON file (mea.serve.upstream).
+SERVED_SUFFIX = ".json"
+VICTIM_FILE_SUFFIXES = (".safetensors", ".onnx", SERVED_SUFFIX)
 
 REDACTED = "***"
 # Names that say a value is a credential: options (--api-key, --token, --password, --auth ...), HTTP

@@ -51,13 +51,14 @@ def soft_targets(answers: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by its own random offset of up to max_shift pixels, filling with zeros."""
-    n = len(images)
+    n, _, height, width = images.shape
     padded = F.pad(images, (max_shift,) * 4)
     dx = torch.randint(0, 2 * max_shift + 1, (n, 1, 1), generator=generator)
     dy = torch.randint(0, 2 * max_shift + 1, (n, 1, 1), generator=generator)
-    grid = torch.arange(28)
-    rows, cols = (dy + grid.view(1, 28, 1)), (dx + grid.view(1, 1, 28))
-    return padded[torch.arange(n).view(n, 1, 1), 0, rows, cols].unsqueeze(1)
+    rows = dy + torch.arange(height).view(1, height, 1)
+    cols = dx + torch.arange(width).view(1, 1, width)
+    # (n, H, W, C) gathered, then channels first again: every channel shifts with its image.
+    return padded.permute(0, 2, 3, 1)[torch.arange(n).view(n, 1, 1), rows, cols].permute(0, 3, 1, 2)
 
 
 def _progress_disabled() -> bool:
@@ -75,7 +76,7 @@ def fit(
     progress: bool = True,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainReport:
-    """Train model in place on (images, answers), answers being (N, 10) probability-like rows.
+    """Train model in place on (images, answers), answers being (N, classes) probability-like rows.
 
     `on_epoch_end(epoch, model)` runs after each epoch (for evaluation); its time is not counted.
     """

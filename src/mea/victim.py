@@ -23,14 +23,22 @@ from mea.config import Splits
 from mea.config import VictimConfig as VictimConfig  # re-exported
 from mea.data import ImageSet, load
 from mea.data.catalog import DATASETS, DEFAULT_DATASET, title
-from mea.defenses.features import with_features
+from mea.defenses.features import ExtractedFeatures, with_features
 from mea.errors import ArtifactError, ConfigError, DataError
 from mea.metrics import classification_metrics
 from mea.model_files import ScaledInput, load_classifier
-from mea.models import NUM_CLASSES
 from mea.plots import confusion_matrix_png
-from mea.runs import VICTIM_WEIGHTS, check_victim_directory, command_line, read_json, run_directory, write_json
+from mea.runs import (
+    SERVED_SUFFIX,
+    VICTIM_WEIGHTS,
+    check_victim_directory,
+    command_line,
+    read_json,
+    run_directory,
+    write_json,
+)
 from mea.seeding import derive_seed, generator
+from mea.signature import Signature
 from mea.training import fit, predict_logits
 
 WEIGHTS = VICTIM_WEIGHTS
@@ -47,6 +55,11 @@ class Victim:
     config: dict
 
     @property
+    def signature(self) -> Signature:
+        """What the victim takes and answers (its input shape, its number of classes)."""
+        return models.signature_of(self.model)
+
+    @property
     def dataset(self) -> str:
         """The victim's task: a built-in dataset's name, or a path to the owner's own images."""
         return self.config.get("dataset", DEFAULT_DATASET)
@@ -60,38 +73,39 @@ class Victim:
         names = self.config.get("class_names")
         if names:
             return tuple(names)
-        return DATASETS[self.dataset].class_names if self.dataset in DATASETS else tuple(map(str, range(NUM_CLASSES)))
+        if self.dataset in DATASETS and len(DATASETS[self.dataset].class_names) == self.signature.classes:
+            return DATASETS[self.dataset].class_names
+        return tuple(map(str, range(self.signature.classes)))
 
     @property
     def splits(self) -> Splits:
-        """The training splits of the victim's dataset (its calibration split is the defender's)."""
-        if self.dataset not in DATASETS:
-            raise DataError(
-                f"the defender's calibration split is a part of a built-in dataset's training images; "
-                f"the victim's dataset {self.dataset} is not one: name a built-in dataset in {self.directory}'s sidecar"
-            )
+        """The training splits of the victim's dataset (its calibration split is the defender's: by
+        default the last 5,000 training images, or a sidecar's `calibration_size`)."""
         record = self.config.get("splits", {})
         return Splits(self.dataset, int(record.get("calibration_size", Splits().calibration_size)))
 
     def test_set(self, data_dir: Path | None = None) -> ImageSet:
         """The images every evaluation of this victim uses: its dataset's test part."""
-        return self._fitting(load(self.dataset, "test", data_dir))
+        return self._fitting(load(self.dataset, "test", data_dir, self.signature.image_shape))
 
     def calibration_set(self, data_dir: Path | None = None) -> ImageSet:
         """The defender's held-out in-distribution images (never trained on, never evaluated on)."""
-        return self._fitting(load(self.dataset, "train", data_dir).subset(self.splits.calibration))
+        return self._fitting(load(self.dataset, "train", data_dir, self.signature.image_shape)).subset(
+            self.splits.calibration
+        )
 
     def owner_sets(self, data_dir: Path | None = None) -> tuple[ImageSet, ImageSet]:
         """(the images the victim was trained on, the calibration split): the defender's own data,
         from one read of the training part."""
-        train = self._fitting(load(self.dataset, "train", data_dir))
+        train = self._fitting(load(self.dataset, "train", data_dir, self.signature.image_shape))
         return train.subset(self.splits.victim_train), train.subset(self.splits.calibration)
 
     def _fitting(self, data: ImageSet) -> ImageSet:
-        if len(data) and int(data.labels.max()) >= NUM_CLASSES:
+        classes = self.signature.classes
+        if len(data) and int(data.labels.max()) >= classes:
             raise DataError(
                 f"{self.dataset} has labels up to {int(data.labels.max())}, but the victim {self.directory} "
-                f"answers {NUM_CLASSES} classes; evaluate it on data of its own task"
+                f"answers {classes} classes; evaluate it on data of its own task"
             )
         return data
 
@@ -105,8 +119,11 @@ def train_victim(
         dataset = config.splits.dataset
         train_set = load(dataset, "train", data_dir).subset(config.splits.victim_train)
         test = load(dataset, "test", data_dir)
-        model = models.build(config.arch, derive_seed(config.seed, "victim-init"))
-        one_hot = nn.functional.one_hot(train_set.labels, NUM_CLASSES).float()
+        signature = Signature(tuple(train_set.images.shape[1:]), max(int(train_set.labels.max()) + 1, 2))
+        if dataset in DATASETS:
+            signature = Signature(signature.image_shape, len(DATASETS[dataset].class_names))
+        model = models.build(config.arch, derive_seed(config.seed, "victim-init"), signature)
+        one_hot = nn.functional.one_hot(train_set.labels, signature.classes).float()
         report = fit(
             model,
             train_set.images,
@@ -163,6 +180,11 @@ def read_sidecar(model_file: Path) -> dict:
             f"{path} may hold only the keys {', '.join(SIDECAR_KEYS)}; "
             f"found {sorted(record) if isinstance(record, dict) else type(record).__name__}"
         )
+    return _victim_record(record, path)
+
+
+def _victim_record(record: dict, path: Path) -> dict:
+    """A victim config from the SIDECAR_KEYS of a sidecar or served-victim file at `path`."""
     config: dict = {}
     if "dataset" in record:
         dataset = str(record["dataset"])
@@ -175,10 +197,8 @@ def read_sidecar(model_file: Path) -> dict:
         config["dataset"] = dataset
     if "class_names" in record:
         names = record["class_names"]
-        if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, str) for n in names):
-            raise ArtifactError(
-                f"{path}: class_names must be a list of {NUM_CLASSES} strings, the model's classes in order"
-            )
+        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+            raise ArtifactError(f"{path}: class_names must be a list of strings, the model's classes in order")
         config["class_names"] = names
     if "calibration_size" in record:
         config["splits"] = {"calibration_size": int(record["calibration_size"])}
@@ -199,9 +219,11 @@ def read_sidecar(model_file: Path) -> dict:
 
 def write_sidecar(victim: Victim, model_file: Path) -> Path:
     """Record beside an exported model file what its victim directory knew: dataset, classes, split."""
-    record = {"dataset": victim.dataset, "class_names": list(victim.class_names)}
-    if victim.dataset in DATASETS:
-        record["calibration_size"] = victim.splits.calibration_size
+    record = {
+        "dataset": victim.dataset,
+        "class_names": list(victim.class_names),
+        "calibration_size": victim.splits.calibration_size,
+    }
     write_json(sidecar_path(model_file), record)
     return sidecar_path(model_file)
 
@@ -211,10 +233,13 @@ def load_victim(directory: Path) -> Victim:
     ONNX, `mea.model_files`) with its optional sidecar (`read_sidecar`)."""
     directory = Path(directory)
     weights = check_victim_directory(directory)
+    if directory.suffix == SERVED_SUFFIX:
+        return _served_victim(directory)
     if directory.is_file():
         config = read_sidecar(directory)
         model, arch = load_classifier(weights)
         model = with_features(model)
+        _check_class_names(config, model, sidecar_path(directory), directory)
         if "input" in config:
             try:
                 model = ScaledInput(model, **config["input"])
@@ -225,3 +250,39 @@ def load_victim(directory: Path) -> Victim:
     model = with_features(model)
     config = read_json(directory / "config.json", "the victim directory is incomplete; retrain it")
     return Victim(directory, model, arch, models.fingerprint(weights), config)
+
+
+def _served_victim(path: Path) -> Victim:
+    """A victim served elsewhere, from a served-victim file (mea.serve.upstream)."""
+    record = read_json(path, "a served victim's file holds a JSON object with its url")
+    if not isinstance(record, dict) or "url" not in record:
+        raise ArtifactError(f'{path} names no served victim: write {{"url": "http://HOST:PORT", "model": "NAME"}}')
+    if "input" in record:
+        raise ArtifactError(f"{path}: a served victim takes mea's [0, 1] pixels; drop 'input'")
+    try:
+        from mea.serve.upstream import SERVED_KEYS, served_classifier
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"a served victim needs the optional package {exc.name!r}: pip install 'model-extraction-attack[serve]'"
+        ) from None
+    served = {key: value for key, value in record.items() if key not in SIDECAR_KEYS}
+    config = _victim_record({key: value for key, value in record.items() if key not in SERVED_KEYS}, path)
+    model, fingerprint, features = served_classifier(path, served)
+    model = with_features(model)  # no layers of its own: the confidence score alone, unless...
+    if features is not None:
+        extractor, _ = load_classifier(features)
+        try:
+            model = ExtractedFeatures(model, extractor)
+        except ConfigError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
+    _check_class_names(config, model, path, str(served["url"]))
+    return Victim(path, model, "served", fingerprint, config)
+
+
+def _check_class_names(config: dict, model: nn.Module, record: Path, source: Path | str) -> None:
+    names = config.get("class_names")
+    if names is not None and len(names) != models.signature_of(model).classes:
+        raise ArtifactError(
+            f"{record} names {len(names)} classes, but {source} answers {models.signature_of(model).classes}; "
+            "list the model's classes in order"
+        )

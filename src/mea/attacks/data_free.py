@@ -25,7 +25,6 @@ from mea.attacks.jbda import SYNTHETIC
 from mea.attacks.strategy import Extraction, TransferSet
 from mea.data.pools import Pool
 from mea.errors import BudgetExhausted, ConfigError, Refused
-from mea.models import NUM_CLASSES
 from mea.oracle import Label, Oracle, OutputMode
 from mea.seeding import derive_seed, generator
 from mea.training import _progress_disabled
@@ -140,7 +139,7 @@ class ReplayMemory:
         self.uniform = uniform
         self._rng = rng
         self._images: torch.Tensor | None = None
-        self._answers = torch.empty(0, NUM_CLASSES)
+        self._answers: torch.Tensor | None = None
         self._seen = 0  # answers offered so far (untrusted ones not counted)
         self._size = 0
 
@@ -271,7 +270,7 @@ def run_data_free(
     `on_checkpoint(b, clone)` sees the clone that a run with budget b (one of `checkpoints`) returns.
     """
     strategy.check(pool, budget, oracle.output)
-    clone = models.build(clone_arch, derive_seed(seed, "clone-init"))
+    clone = models.build(clone_arch, derive_seed(seed, "clone-init"), oracle.signature)
     replay = ReplayMemory(memory, generator(seed, "data-free:memory"), uniform=strategy.remembers_all)
     session = Session(oracle, budget, replay, progress, strategy.name, checkpoints, on_checkpoint)
     start = time.perf_counter()

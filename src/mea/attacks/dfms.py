@@ -24,8 +24,8 @@ from mea.attacks.data_free import Session, check_budget, entropy, strategy_rng
 from mea.attacks.generator_game import (
     GameSettings,
     WeightAverage,
-    clone_input_channels,
     clone_step,
+    generator_shape,
     replay,
     set_learning_rate,
 )
@@ -66,7 +66,7 @@ class HardLabelDataFree:
     def steal(self, session: Session, clone: nn.Module, pool: Pool | None, seed: int) -> None:
         hp = self.settings
         rng = strategy_rng(seed, self.name)
-        generator = make_generator(hp.generator, clone_input_channels(clone), 28, derive_seed(seed, "generator"))
+        generator = make_generator(hp.generator, *generator_shape(clone), derive_seed(seed, "generator"))
         student = copy.deepcopy(clone)
         averaged = WeightAverage(clone, student, hp.average)
         generator_opt = torch.optim.Adam(generator.parameters(), lr=hp.generator_lr)

@@ -50,6 +50,12 @@ def extract(
         return run_data_free(oracle, pool, strategy, budget, clone_arch, seed, progress)
     if pool is None:
         raise ConfigError(f"{strategy.name} chooses its queries from a pool; name one with --pool")
+    signature = oracle.signature
+    if tuple(pool.images.shape[1:]) != signature.image_shape:
+        raise ConfigError(
+            f"the pool {pool.name} holds {'x'.join(map(str, pool.images.shape[1:]))} images, but the victim takes "
+            f"{signature.shape_text}; give a pool of its shape"
+        )
     if train.true_label_weight > 0 and pool.labels is None:
         raise ConfigError(f"true-label weight > 0 needs a labelled pool; {pool.name} has no labels")
     strategy.check(pool, budget, oracle.output)
@@ -61,7 +67,7 @@ def extract(
 
     def train_clone() -> nn.Module:
         nonlocal train_time
-        clone = models.build(clone_arch, derive_seed(seed, "clone-init"))
+        clone = models.build(clone_arch, derive_seed(seed, "clone-init"), signature)
         labels = None if pool.labels is None or train.true_label_weight == 0 else pool.labels[transfer.pool_index]
         report = fit(
             clone,
@@ -116,7 +122,7 @@ def extract(
     if train.pseudo_label_rounds:
         unqueried = ~transfer.queried(len(pool))
         clone, seconds = self_train(
-            lambda round_: models.build(clone_arch, derive_seed(seed, f"student-{round_}")),
+            lambda round_: models.build(clone_arch, derive_seed(seed, f"student-{round_}"), signature),
             clone,
             transfer.images,
             transfer.answers,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mea import models
 from mea.attacks.data_free import (
     FLOOR,
     Session,
@@ -30,6 +31,7 @@ from mea.attacks.data_free import (
 )
 from mea.attacks.generators import make_generator, to_images
 from mea.data.pools import Pool
+from mea.errors import ConfigError
 from mea.models import as_input
 from mea.oracle import OutputMode
 from mea.seeding import derive_seed
@@ -134,7 +136,7 @@ class GeneratorGame:
     def steal(self, session: Session, clone: nn.Module, pool: Pool | None, seed: int) -> None:
         hp = self.settings
         rng = strategy_rng(seed, self.name)
-        generator = make_generator(hp.generator, clone_input_channels(clone), 28, derive_seed(seed, "generator"))
+        generator = make_generator(hp.generator, *generator_shape(clone), derive_seed(seed, "generator"))
         student = copy.deepcopy(clone)  # trained; `clone` follows it as a moving average
         averaged = WeightAverage(clone, student, hp.average)
         generator_opt = torch.optim.Adam(generator.parameters(), lr=hp.generator_lr)
@@ -177,9 +179,14 @@ def set_learning_rate(optimiser: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def clone_input_channels(clone: nn.Module) -> int:
-    first = next(m for m in clone.modules() if isinstance(m, nn.Conv2d | nn.Linear))
-    return first.in_channels if isinstance(first, nn.Conv2d) else 1
+def generator_shape(clone: nn.Module) -> tuple[int, int]:
+    """(channels, side) of the images a generator makes for the clone's (and the victim's) input."""
+    channels, height, width = models.signature_of(clone).image_shape
+    if height != width:
+        raise ConfigError(
+            f"the data-free generators make square images; the victim takes {height}x{width}: attack it from a pool"
+        )
+    return channels, height
 
 
 def clone_step(

@@ -21,7 +21,7 @@ import torch
 from mea.attacks.strategy import AttackState, Queries
 from mea.data.pools import Pool
 from mea.errors import ConfigError
-from mea.models import NUM_CLASSES, as_input
+from mea.models import as_input
 from mea.oracle import OutputMode
 
 SYNTHETIC = -1  # pool_index of an image the attacker made
@@ -68,8 +68,9 @@ class JacobianAugmentation:
         sources = state.transfer.images
         labels = state.transfer.answers.argmax(1)
         if self.targeted:
-            offset = torch.randint(1, NUM_CLASSES, (len(labels),), generator=state.generator)
-            labels = (labels + offset) % NUM_CLASSES
+            classes = state.transfer.answers.shape[1]
+            offset = torch.randint(1, classes, (len(labels),), generator=state.generator)
+            labels = (labels + offset) % classes
         sign = -1.0 if self.reversal_period and ((state.round - 1) // self.reversal_period) % 2 else 1.0
         if len(sources) > state.remaining:  # the last round: augment a random subset that the budget pays for
             keep = torch.randperm(len(sources), generator=state.generator)[: state.remaining]

@@ -32,6 +32,9 @@ class TransferSet:
         return len(self.images)
 
     def add(self, images: torch.Tensor, answers: torch.Tensor, pool_index: torch.Tensor) -> None:
+        if len(self) == 0:  # the first batch sets the victim's image shape and class count
+            self.images, self.answers, self.pool_index = images, answers, pool_index
+            return
         self.images = torch.cat([self.images, images])
         self.answers = torch.cat([self.answers, answers])
         self.pool_index = torch.cat([self.pool_index, pool_index])

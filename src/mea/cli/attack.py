@@ -140,13 +140,19 @@ def attack_command(
     from mea.oracle import parse_output
     from mea.victim import load_victim
 
+    victim = load_victim(victim_dir)
     oracle = None
     if url is not None:
         with extra_needed("serve", "mea attack --url"):
             from mea.serve.client import HttpOracle
 
         oracle = HttpOracle(
-            url, api_key, model=model_name, headers=sent_headers, verify=str(ca) if ca is not None else True
+            url,
+            api_key,
+            model=model_name,
+            headers=sent_headers,
+            verify=str(ca) if ca is not None else True,
+            classes=victim.signature.classes,
         )
         if output is not None and parse_output(output) != oracle.output:
             raise MeaError(f"the service answers in {oracle.output.spec}, not {output}; drop --output with --url")
@@ -160,7 +166,6 @@ def attack_command(
         train=train,
         seed=seed,
     )
-    victim = load_victim(victim_dir)
     metrics = run_attack(config, victim, data_dir, oracle=oracle, out=out, force=force, progress=not quiet)
     print_metrics(metrics, metrics["time_s"], metrics["config"]["dataset"], metrics["queries"])
     if metrics["refused_after"] is not None:

@@ -80,6 +80,22 @@ def comma_list(convert: Callable[[str], Any]) -> Callable:
     return callback
 
 
+def dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A built-in dataset's name, or a path to the user's own images (made absolute: run records
+    name it wherever they are read)."""
+    from mea.config import DATASET_NAMES
+
+    if value in DATASET_NAMES:
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise click.BadParameter(
+            f"{value!r} is neither a built-in dataset ({names(DATASET_NAMES)}) "
+            "nor a .npz file or image folder that exists"
+        )
+    return str(path.resolve())
+
+
 def names(items: tuple[str, ...]) -> str:
     """Items as prose: "a, b or c"."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"

@@ -24,7 +24,7 @@ from mea.errors import ArtifactError
     type=click.Choice(["onnx"]),
     default="onnx",
     show_default=True,
-    help="File format: ONNX (input `images` [B, 1, 28, 28] in [0, 1], output `logits` [B, 10]).",
+    help="File format: ONNX (input `images` [B, C, H, W] in [0, 1], output `logits` [B, classes]).",
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write, e.g. victim.onnx.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
@@ -46,6 +46,8 @@ def export_command(victim_dir: Path, file_format: str, out: Path, force: bool) -
     victim = load_victim(victim_dir)
     if victim.arch == "onnx":
         raise ArtifactError(f"{victim_dir} is already an ONNX model; copy the file")
+    if victim.arch == "served":
+        raise ArtifactError(f"{victim_dir} is a victim served elsewhere: its weights are not here to export")
     out.parent.mkdir(parents=True, exist_ok=True)
     difference = export_onnx(victim.model, out)
     sidecar = write_sidecar(victim, out)

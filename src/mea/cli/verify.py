@@ -151,6 +151,7 @@ def verify_command(
     check_out(out, force)
     use_threads()
     from mea.defenses.store import load_defense
+    from mea.ownership.config import check_victim_signature
     from mea.ownership.evidence import EvidenceError, load_evidence, records_until
     from mea.ownership.fingerprint import Fingerprint
     from mea.ownership.suspects import http_suspect, load_suspect
@@ -162,6 +163,7 @@ def verify_command(
     summary: dict = {}
     if victim_dir is not None:
         victim = load_victim(victim_dir)
+        check_victim_signature(victim.signature)
         if defense_dir is not None:
             watermark = defense_watermark(load_defense(defense_dir, victim).secret)
             # The held-out pool the records' neighbours and the probes are drawn from.
@@ -286,10 +288,13 @@ def fingerprint_make(victim_dir, out, references, surrogates, epochs, size, epsi
     if out.exists() and not force:
         raise MeaError(f"{out} exists; choose another --out or pass --force to replace it")
     use_threads()
+    from mea.ownership.config import check_victim_signature
     from mea.ownership.fingerprint import fingerprint_victim
     from mea.victim import load_victim
 
-    made = fingerprint_victim(load_victim(victim_dir), config, data_dir)
+    victim = load_victim(victim_dir)
+    check_victim_signature(victim.signature)
+    made = fingerprint_victim(victim, config, data_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     made.save(out)
     rates = ", ".join(f"{m / len(made):.1%}" for m in made.reference_matches)

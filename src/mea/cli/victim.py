@@ -10,6 +10,7 @@ import click
 from mea.cli.common import (
     console,
     data_dir_option,
+    dataset_name,
     default_of,
     force_option,
     names,
@@ -27,10 +28,12 @@ from mea.config import ARCH_NAMES, DATASET_NAMES, VICTIM_TRAINING, Splits, Victi
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to create for the victim.")
 @click.option(
     "--dataset",
-    type=click.Choice(DATASET_NAMES),
     default=default_of(Splits, "dataset"),
     show_default=True,
-    help="The victim's task: a built-in dataset, fetched into the cache on first use.",
+    callback=dataset_name,
+    help=f"The victim's task: a built-in dataset ({names(DATASET_NAMES)}), fetched into the cache on first use, "
+    "or your own labelled images by path (a .npz file with train and test parts, or a folder with train/ and "
+    "test/ holding one subfolder per class), at their own size and channels.",
 )
 @click.option(
     "--arch",

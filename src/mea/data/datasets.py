@@ -1,7 +1,8 @@
 """Datasets as in-memory tensors: the built-in ones (mea.data.catalog) and a user's own by path
 (mea.data.files).
 
-Images are float32 in [0, 1], shape (N, 1, 28, 28); labels are int64, shape (N,).
+Images are float32 in [0, 1], shape (N, C, H, W) (the built-in ones 1x28x28, or as the victim
+takes them: `load(..., image_shape=)`); labels are int64, shape (N,).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class ImageSet:
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.shape[1:] != (1, 28, 28):
-            raise ValueError(f"images must have shape (N, 1, 28, 28), got {tuple(self.images.shape)}")
+        if self.images.ndim != 4:
+            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -56,9 +57,20 @@ def _as_images(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32) / np.float32(255.0)).unsqueeze(1)
 
 
-def load(name: str | DatasetSpec, part: str, data_dir: Path | None = None) -> ImageSet:
+def load(
+    name: str | DatasetSpec, part: str, data_dir: Path | None = None, image_shape: tuple[int, int, int] | None = None
+) -> ImageSet:
     """Load the "train" or "test" part of a dataset, fetching a built-in one into the cache on first
-    use; a name that is a path (a .npz file or an image folder) is read from there."""
+    use; a name that is a path (a .npz file or an image folder) is read from there.  With
+    `image_shape`, the images come as a victim of that input takes them (`files.fit_to`)."""
+    data = _load(name, part, data_dir)
+    if image_shape is None or tuple(data.images.shape[1:]) == tuple(image_shape):
+        return data
+    source = name if isinstance(name, str) else name.name
+    return ImageSet(files.fit_to(data.images, image_shape, source), data.labels)
+
+
+def _load(name: str | DatasetSpec, part: str, data_dir: Path | None) -> ImageSet:
     if part not in ("train", "test"):
         raise ConfigError(f"unknown part {part!r}; use 'train' or 'test'")
     if isinstance(name, str) and name not in DATASETS and files.is_path(name):

@@ -7,9 +7,9 @@
   order, or their numbers when every name is an integer), or the files directly in the folder (a
   pool without labels); `train/` and `test/` subfolders laid out that way are the two parts.
 
-Every victim mea runs takes 28x28 grey images: RGB becomes grey (ITU-R 601 luma, as Pillow's "L"),
-square images of another size are resized (bilinear, antialiased), anything else is refused.  Labels
-are optional for a pool; an evaluation set needs them.
+Images are read as they are stored, grey or RGB, at their own size; `fit_to` then gives them the
+victim's input shape (mea.data.datasets.load and mea.data.pools.make_pool call it).  Labels are
+optional for a pool; an evaluation set needs them.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ import torch.nn.functional as F
 from mea.data.catalog import DATASETS
 from mea.errors import DataError
 
-IMAGE_SIZE = 28  # the victims' input: 1 x 28 x 28 in [0, 1]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PARTS = ("train", "test")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, Pillow's RGB -> "L"
 
 
 @dataclass(frozen=True)
 class ImageFiles:
-    """Images (N, 1, 28, 28) float32 in [0, 1], with labels (N,) int64 when the source has them."""
+    """Images (N, C, H, W) float32 in [0, 1] as stored (C: 1 or 3), with labels (N,) int64 when the
+    source has them."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
@@ -122,24 +123,31 @@ def _to_images(raw: np.ndarray, path: Path) -> torch.Tensor:
             raise DataError(f"{path}: float images must lie in [0, 1]; divide 0..255 images by 255 or store uint8")
     else:
         raise DataError(f"{path}: images of dtype {raw.dtype}; store uint8 (0..255) or floats in [0, 1]")
-    if array.shape[1] == 3:
-        array = np.einsum("nchw,c->nhw", array, _LUMA)[:, None]
-    return _resized(torch.from_numpy(np.ascontiguousarray(array)), path)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _resized(images: torch.Tensor, source: Path) -> torch.Tensor:
-    height, width = images.shape[2:]
-    if (height, width) == (IMAGE_SIZE, IMAGE_SIZE):
+def fit_to(images: torch.Tensor, image_shape: tuple[int, int, int], source: str) -> torch.Tensor:
+    """`images` (N, C, H, W) as the victim takes them: RGB to grey by ITU-R 601 luma (as Pillow's
+    "L") or grey repeated into RGB, resized (bilinear, antialiased) when the aspect ratio matches;
+    anything else is refused."""
+    channels, height, width = image_shape
+    if images.shape[1] != channels:
+        if channels == 1:
+            images = torch.einsum("nchw,c->nhw", images, torch.from_numpy(_LUMA)).unsqueeze(1)
+        else:
+            images = images.expand(-1, channels, -1, -1).contiguous()
+    have_height, have_width = images.shape[2:]
+    if (have_height, have_width) == (height, width):
         return images
-    if height != width:
+    if have_height * width != have_width * height:
         raise DataError(
-            f"{source}: images of {width}x{height} are not square; the victim takes {IMAGE_SIZE}x{IMAGE_SIZE}: "
-            "crop them to squares first"
+            f"{source}: images of {have_width}x{have_height} are not {'square' if height == width else 'as wide'}; "
+            f"the victim takes {width}x{height}: crop them to its aspect ratio first"
         )
     print(
-        f"{source}: resizing {width}x{height} images to {IMAGE_SIZE}x{IMAGE_SIZE}, the victim's input", file=sys.stderr
+        f"{source}: resizing {have_width}x{have_height} images to {width}x{height}, the victim's input", file=sys.stderr
     )
-    resized = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return resized.clamp_(0.0, 1.0)
 
 
@@ -191,17 +199,20 @@ def _decode(files: list[Path], root: Path) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     arrays: list[np.ndarray] = []
+    mode = None  # the first image's: "L" for grey, "RGB" for colour; the others follow it
     for file in files:
         try:
             with Image.open(file) as image:
-                grey = np.asarray(image.convert("L"), dtype=np.uint8)
+                mode = mode or ("L" if image.mode in _GREY_MODES else "RGB")
+                pixels = np.asarray(image.convert(mode), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"{file} is not a readable image ({exc}); remove or replace it") from None
-        if arrays and grey.shape != arrays[0].shape:
+        if arrays and pixels.shape[:2] != arrays[0].shape[:2]:
             raise DataError(
                 f"{root} holds images of different sizes ({files[0].name}: {arrays[0].shape[1]}x{arrays[0].shape[0]}, "
-                f"{file.name}: {grey.shape[1]}x{grey.shape[0]}); resize them to one size"
+                f"{file.name}: {pixels.shape[1]}x{pixels.shape[0]}); resize them to one size"
             )
-        arrays.append(grey)
-    stacked = np.stack(arrays)[:, None].astype(np.float32) / np.float32(255.0)
-    return _resized(torch.from_numpy(stacked), root)
+        arrays.append(pixels)
+    stacked = np.stack(arrays)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(stacked, dtype=np.float32) / np.float32(255.0))

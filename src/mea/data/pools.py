@@ -23,6 +23,7 @@ from mea.data import files
 from mea.data.catalog import DATASETS, DatasetSpec
 from mea.data.datasets import load
 from mea.errors import ConfigError
+from mea.signature import DEFAULT
 
 # The pixel statistics of MNIST's training images, so that Gaussian noise has a digit's brightness.
 GAUSSIAN_POOL_MEAN = 0.1307
@@ -42,23 +43,26 @@ class Pool:
         return len(self.images)
 
 
-def _dataset_pool(spec: DatasetSpec, data_dir: Path | None, size: int, seed: int) -> Pool:
+ImageShape = tuple[int, int, int]
+
+
+def _dataset_pool(spec: DatasetSpec, data_dir: Path | None, size: int, seed: int, image_shape: ImageShape) -> Pool:
     data = load(spec, "train", data_dir)
-    return Pool(spec.pool, data.images[:size], data.labels[:size])
+    return Pool(spec.pool, files.fit_to(data.images[:size], image_shape, spec.pool), data.labels[:size])
 
 
-def _uniform(data_dir: Path | None, size: int, seed: int) -> Pool:
+def _uniform(data_dir: Path | None, size: int, seed: int, image_shape: ImageShape) -> Pool:
     generator = torch.Generator().manual_seed(seed)
-    return Pool("uniform", torch.rand(size, 1, 28, 28, generator=generator), None)
+    return Pool("uniform", torch.rand(size, *image_shape, generator=generator), None)
 
 
-def _gaussian(data_dir: Path | None, size: int, seed: int) -> Pool:
+def _gaussian(data_dir: Path | None, size: int, seed: int, image_shape: ImageShape) -> Pool:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(size, 1, 28, 28, generator=generator).mul_(GAUSSIAN_POOL_STD).add_(GAUSSIAN_POOL_MEAN)
+    images = torch.randn(size, *image_shape, generator=generator).mul_(GAUSSIAN_POOL_STD).add_(GAUSSIAN_POOL_MEAN)
     return Pool("gaussian", images.clamp_(0.0, 1.0), None)
 
 
-POOLS: dict[str, Callable[[Path | None, int, int], Pool]] = {
+POOLS: dict[str, Callable[[Path | None, int, int, ImageShape], Pool]] = {
     **{spec.pool: functools.partial(_dataset_pool, spec) for spec in DATASETS.values()},
     "uniform": _uniform,
     "gaussian": _gaussian,
@@ -78,12 +82,19 @@ def check_pool_name(name: str) -> str:
     )
 
 
-def make_pool(name: str, data_dir: Path | None = None, size: int = NOISE_POOL_SIZE, seed: int = 0) -> Pool:
-    """Build a pool of at most `size` images (datasets hold 60,000 training images)."""
+def make_pool(
+    name: str,
+    data_dir: Path | None = None,
+    size: int = NOISE_POOL_SIZE,
+    seed: int = 0,
+    image_shape: ImageShape = DEFAULT.image_shape,
+) -> Pool:
+    """Build a pool of at most `size` images (datasets hold 60,000 training images), shaped as a
+    victim of `image_shape` takes them (`files.fit_to`: grey/RGB, resized)."""
     if size <= 0:
         raise ConfigError(f"pool size must be positive, got {size}")
     if name in POOLS:
-        return POOLS[name](data_dir, size, seed)
+        return POOLS[name](data_dir, size, seed, tuple(image_shape))
     found = files.read(check_pool_name(name), "train")
     labels = None if found.labels is None else found.labels[:size]
-    return Pool(name, found.images[:size], labels)
+    return Pool(name, files.fit_to(found.images[:size], tuple(image_shape), name), labels)

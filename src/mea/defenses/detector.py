@@ -33,7 +33,6 @@ from mea.config import DetectorConfig
 from mea.defenses.features import resolve_layers, with_features
 from mea.defenses.mahalanobis import ClassGaussians, layer_features
 from mea.errors import ArtifactError, ConfigError
-from mea.models import NUM_CLASSES
 
 CONFIDENCE = "confidence"
 
@@ -212,7 +211,8 @@ class _FusedScorer:
         total = int(self.bounds[-1])
         # One block-diagonal whitener for all layers, and each layer's whitened class centres.
         self.whitener = np.zeros((max(total, 1), max(total, 1)))
-        self.centres = np.zeros((len(dims), NUM_CLASSES, max(total, 1)))
+        classes = max((len(gaussians[layer].means) for layer in self.layers), default=1)
+        self.centres = np.zeros((len(dims), classes, max(total, 1)))
         for index, layer in enumerate(self.layers):
             block = slice(self.bounds[index], self.bounds[index + 1])
             layer_whitener = gaussians[layer].whitener.double().numpy()
@@ -223,7 +223,7 @@ class _FusedScorer:
         self.offset = -sum(standardisers[name].mean / standardisers[name].std for name in names)
 
     def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = features["logits"].numpy() if self.use_confidence else np.zeros((0, NUM_CLASSES), np.float32)
+        logits = features["logits"].numpy() if self.use_confidence else np.zeros((0, 1), np.float32)
         if self.layers:
             stacked = [features[layer].numpy() for layer in self.layers]
             pooled = np.concatenate(stacked, axis=1) if len(stacked) > 1 else stacked[0]

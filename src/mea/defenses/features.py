@@ -17,6 +17,8 @@ from torch import nn
 
 from mea.config import AUTO_LAYERS as AUTO  # --layers auto: every convolution block's output
 from mea.errors import ConfigError
+from mea.models import signature_of
+from mea.signature import Signature
 
 
 def blocks(kinds: list[tuple[str, str]]) -> tuple[str, ...]:
@@ -55,6 +57,10 @@ class TappedClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    @property
+    def signature(self) -> Signature:
+        return signature_of(self.model)
+
 
 def with_features(model: nn.Module) -> nn.Module:
     """`model` if it shows its layers, else the model wrapped so that it does."""
@@ -74,3 +80,35 @@ def resolve_layers(model: nn.Module, requested: tuple[str, ...]) -> tuple[str, .
             "(or --layers auto for its convolutions)"
         )
     return requested
+
+
+class ExtractedFeatures(nn.Module):
+    """A victim whose inner layers cannot be read (a served model, mea.serve.upstream) beside the
+    defender's own feature extractor, any classifier of the same input: the detector reads the
+    extractor's blocks for its Mahalanobis scores and the victim's answers for the confidence
+    score (Lee et al. 2018 need only *a* network's features of the query, fitted on the victim's
+    classes; the defender's own network serves when the victim's are out of reach)."""
+
+    def __init__(self, victim: nn.Module, extractor: nn.Module) -> None:
+        super().__init__()
+        if signature_of(extractor).image_shape != signature_of(victim).image_shape:
+            raise ConfigError(
+                f"the feature extractor takes {signature_of(extractor).shape_text} images, the victim "
+                f"{signature_of(victim).shape_text}; give an extractor of the victim's input"
+            )
+        self.victim = victim
+        self.extractor = with_features(extractor)
+        self.block_names = tuple(self.extractor.block_names)
+        inner = tuple(name for name in self.extractor.feature_names if name != "logits")
+        self.feature_names = (*inner, "logits")
+
+    @property
+    def signature(self) -> Signature:
+        return signature_of(self.victim)
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        inner = self.extractor.features(images)
+        return {**{name: inner[name] for name in self.feature_names[:-1]}, "logits": self.victim(images)}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.victim(images)

@@ -14,8 +14,8 @@ import torch
 from mea.defenses.defended_oracle import DefendedOracle, Response
 from mea.defenses.prada import REFUSED, SUSPECT, ClientState, PradaMonitor
 from mea.errors import ConfigError, Refused
-from mea.models import NUM_CLASSES
 from mea.oracle import Oracle, OutputMode
+from mea.signature import Signature
 
 SUSPECT_SEVERITY = 0.5
 
@@ -81,6 +81,10 @@ class ClientOracle:
         return self._gate.oracle.budget
 
     @property
+    def signature(self) -> Signature:
+        return self._gate.oracle.signature
+
+    @property
     def state(self) -> ClientState:
         """What the service knows about this client so far."""
         return self._gate.monitor.state(self.client)
@@ -98,4 +102,4 @@ class ClientOracle:
                 f"the service refused client {self.client!r} after {self.queries_used} queries",
                 torch.cat(answered) if answered else None,
             )
-        return torch.cat(answered) if answered else torch.empty(0, NUM_CLASSES)
+        return torch.cat(answered) if answered else torch.empty(0, self.signature.classes)

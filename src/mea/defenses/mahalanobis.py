@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mea.models import NUM_CLASSES, as_input, pooled
+from mea.models import as_input, pooled
 
 _CHUNK = 2048
 
@@ -52,7 +52,7 @@ class ClassGaussians:
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor) -> ClassGaussians:
         features = features.double()
-        means = torch.stack([features[labels == c].mean(0) for c in range(NUM_CLASSES)])
+        means = torch.stack([features[labels == c].mean(0) for c in range(int(labels.max()) + 1)])
         centred = features - means[labels]
         covariance = centred.T @ centred / len(features)
         # Dead ReLU units give a singular covariance; a ridge of 1e-6 of the mean variance keeps the

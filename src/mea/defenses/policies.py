@@ -23,7 +23,7 @@ from torch import nn
 from mea import models
 from mea.config import POLICIES
 from mea.errors import ConfigError
-from mea.models import NUM_CLASSES
+from mea.signature import Signature
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -95,7 +95,7 @@ class GaussianNoise:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        noise = self.sigma * ndtri(keyed_uniforms(secret, images, NUM_CLASSES))
+        noise = self.sigma * ndtri(keyed_uniforms(secret, images, probs.shape[1]))
         noisy = (probs.double() + torch.from_numpy(noise)).clamp_min(0) + 1e-6
         return (noisy / noisy.sum(1, keepdim=True)).to(probs.dtype)
 
@@ -121,7 +121,7 @@ class DirichletNoise:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        return torch.from_numpy(_dirichlet(keyed_uniforms(secret, images, NUM_CLASSES), self.alpha)).to(probs.dtype)
+        return torch.from_numpy(_dirichlet(keyed_uniforms(secret, images, probs.shape[1]), self.alpha)).to(probs.dtype)
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,9 @@ class Misinformation:
     confidence: float = 0.9
 
     def __post_init__(self) -> None:
-        if not 1 / NUM_CLASSES < self.confidence < 1:
-            raise ConfigError(f"misinformation confidence must lie in (0.1, 1), got {self.confidence}")
+        # Above 1/2 the wrong class is the top one whatever the class count.
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"misinformation confidence must lie in [0.5, 1), got {self.confidence}")
 
     @property
     def spec(self) -> str:
@@ -151,9 +152,10 @@ class Misinformation:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        uniforms = keyed_uniforms(secret, images, NUM_CLASSES + 1)
-        # The first uniform picks one of the nine other classes; the rest spread the remaining mass.
-        wrong = (probs.argmax(1).numpy() + 1 + (uniforms[:, 0] * (NUM_CLASSES - 1)).astype(np.int64)) % NUM_CLASSES
+        classes = probs.shape[1]
+        uniforms = keyed_uniforms(secret, images, classes + 1)
+        # The first uniform picks one of the other classes; the rest spread the remaining mass.
+        wrong = (probs.argmax(1).numpy() + 1 + (uniforms[:, 0] * (classes - 1)).astype(np.int64)) % classes
         rows = np.arange(len(probs))
         misinformation = _dirichlet(uniforms[:, 1:], 1.0)
         misinformation[rows, wrong] = 0.0
@@ -189,7 +191,7 @@ class TopOnePreserving:
     def __call__(
         self, probs: torch.Tensor, images: torch.Tensor, severity: torch.Tensor, secret: bytes
     ) -> torch.Tensor:
-        answers = torch.from_numpy(_dirichlet(keyed_uniforms(secret, images, NUM_CLASSES), self.alpha))
+        answers = torch.from_numpy(_dirichlet(keyed_uniforms(secret, images, probs.shape[1]), self.alpha))
         # Swap each row's largest draw into the victim's top class.
         top, largest = probs.argmax(1), answers.argmax(1)
         rows = torch.arange(len(answers))
@@ -200,10 +202,10 @@ class TopOnePreserving:
 
 
 @functools.lru_cache(maxsize=4)
-def _surrogate(secret: bytes) -> nn.Module:
+def _surrogate(secret: bytes, signature: Signature) -> nn.Module:
     """The defender's stand-in for the attacker's clone: a LeNet-5 initialised from the secret."""
     seed = int.from_bytes(hmac.digest(secret, b"mad-surrogate", hashlib.sha256)[:8], "big") >> 1
-    return models.build("lenet5", seed).eval()
+    return models.build("lenet5", seed, signature).eval()
 
 
 @dataclass(frozen=True)
@@ -245,9 +247,10 @@ class MaximumAngularDeviation:
         if len(probs) == 0:
             return probs
         with torch.inference_mode():
-            q = torch.softmax(_surrogate(secret)(models.as_input(images.float())), 1).double()
+            signature = Signature(tuple(images.shape[1:]), probs.shape[1])
+            q = torch.softmax(_surrogate(secret, signature)(models.as_input(images.float())), 1).double()
         y = probs.double()
-        vertices = torch.eye(NUM_CLASSES, dtype=torch.float64)
+        vertices = torch.eye(probs.shape[1], dtype=torch.float64)
         honest = q - y  # (B, K): the attacker's last-layer gradient direction, up to h
         poisoned = q.unsqueeze(1) - vertices.unsqueeze(0)  # (B, K vertices, K)
         cosine = torch.nn.functional.cosine_similarity(honest.unsqueeze(1), poisoned, dim=2, eps=1e-12)

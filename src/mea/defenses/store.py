@@ -20,11 +20,12 @@ from mea.config import DEFAULT_POLICY
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.detector import DetectorConfig, OodDetector
 from mea.defenses.policies import Policy, parse_policy
-from mea.errors import ArtifactError
+from mea.errors import ArtifactError, ConfigError
 from mea.oracle import OutputMode, VictimOracle
 from mea.ownership.config import DEFAULT_RATE, WatermarkConfig
 from mea.ownership.watermark import Watermark
 from mea.runs import command_line, read_json, run_directory, write_json
+from mea.signature import DEFAULT as DEFAULT_SIGNATURE
 from mea.victim import Victim
 
 
@@ -72,16 +73,25 @@ def fit_defense(
     policy: str = DEFAULT_POLICY,
     data_dir: Path | None = None,
     force: bool = False,
-    watermark_rate: float = DEFAULT_RATE,
+    watermark_rate: float | None = None,
     every_query_policy: str | None = None,
 ) -> Defense:
     """Fit the detector on the victim's training split and calibrate it on the calibration split.
 
     `watermark_rate`: the fraction of each client's answers the served victim watermarks
-    (mea.ownership.watermark; 0 for none).  `every_query_policy`: a policy for the queries the
+    (mea.ownership.watermark; 0 for none; None: DEFAULT_RATE where the watermark applies, a victim
+    of the default signature, else none).  `every_query_policy`: a policy for the queries the
     detector passes too (prediction poisoning such as ``mad-top1:1``; None: exact answers)."""
+    supported = victim.signature == DEFAULT_SIGNATURE
+    if watermark_rate is None:
+        watermark_rate = DEFAULT_RATE if supported else 0.0
     if watermark_rate:
         WatermarkConfig(b"\0" * 32, rate=watermark_rate)  # refuse a bad rate before any work
+        if not supported:
+            raise ConfigError(
+                f"the watermark keys 1x28x28 images of 10 classes; this victim takes {victim.signature.describe()}: "
+                "drop --watermark-rate (or set it to 0)"
+            )
     parsed_policy = parse_policy(policy)
     poisoning = None if every_query_policy is None else parse_policy(every_query_policy).spec
     splits = victim.splits

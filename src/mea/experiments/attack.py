@@ -22,6 +22,7 @@ from mea.metrics import agreement, classification_metrics
 from mea.oracle import Oracle, VictimOracle, parse_output
 from mea.plots import confusion_matrix_png
 from mea.runs import check_out, command_line, redact_url, run_directory, write_json
+from mea.signature import DEFAULT
 from mea.training import predict_logits
 from mea.victim import Victim
 
@@ -31,9 +32,9 @@ UNIFORM_AGREEMENT_IMAGES = 10_000
 UNIFORM_AGREEMENT_SEED = 20_160_913
 
 
-def uniform_agreement_images() -> torch.Tensor:
+def uniform_agreement_images(image_shape: tuple[int, ...] = DEFAULT.image_shape) -> torch.Tensor:
     return torch.rand(
-        UNIFORM_AGREEMENT_IMAGES, 1, 28, 28, generator=torch.Generator().manual_seed(UNIFORM_AGREEMENT_SEED)
+        UNIFORM_AGREEMENT_IMAGES, *image_shape, generator=torch.Generator().manual_seed(UNIFORM_AGREEMENT_SEED)
     )
 
 
@@ -51,7 +52,7 @@ def _victim_logits(
             _VICTIM_LOGITS.clear()
         _VICTIM_LOGITS[key] = (
             predict_logits(victim.model, test_images),
-            predict_logits(victim.model, uniform_agreement_images()),
+            predict_logits(victim.model, uniform_agreement_images(victim.signature.image_shape)),
         )
     return _VICTIM_LOGITS[key]
 
@@ -75,12 +76,13 @@ def run_attack(
     start = time.perf_counter()
     if out is not None:
         check_out(out, force)
+    # The oracle first: a mistake it refuses (top-k past the victim's classes) costs no pool.
+    oracle = oracle or VictimOracle(victim.model, parse_output(config.output), budget=config.queries)
     pool = None
     if config.pool != NO_POOL:
-        pool = make_pool(pool_path or config.pool, data_dir, seed=config.seed)
+        pool = make_pool(pool_path or config.pool, data_dir, seed=config.seed, image_shape=victim.signature.image_shape)
         if pool_path is not None:  # the name the trial gave it, not this node's path
             pool = dataclasses.replace(pool, name=config.pool)
-    oracle = oracle or VictimOracle(victim.model, parse_output(config.output), budget=config.queries)
     extraction = extract(
         oracle,
         pool,
@@ -94,7 +96,7 @@ def run_attack(
     test = victim.test_set(data_dir)
     victim_logits, victim_noise_logits = _victim_logits(victim, test.images, data_dir)
     clone_logits = predict_logits(extraction.clone, test.images)
-    noise = uniform_agreement_images()  # the same images as _victim_logits saw
+    noise = uniform_agreement_images(victim.signature.image_shape)  # the same images as _victim_logits saw
     clone_metrics = classification_metrics(clone_logits, test.labels).to_dict()
     victim_metrics = classification_metrics(victim_logits, test.labels).to_dict()
     resolved = {

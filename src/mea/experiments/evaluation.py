@@ -63,7 +63,8 @@ def evaluate_defense(
     train_split, calibration = victim.owner_sets(data_dir)
     task = victim.dataset_title
     detector = defense.detector
-    pools = {source: make_pool(source, data_dir, seed=config.seed) for source in config.sources}
+    shape = victim.signature.image_shape
+    pools = {source: make_pool(source, data_dir, seed=config.seed, image_shape=shape) for source in config.sources}
 
     def attack(source: str, queries: int, defended: bool, detector_override=None, policy=None) -> dict:
         attack_config = AttackConfig(queries=queries, pool=source, train=config.train, seed=config.seed)

@@ -14,9 +14,9 @@ import torch
 
 from mea.defenses.defended_oracle import DefendedOracle, Response
 from mea.errors import ConfigError
-from mea.models import NUM_CLASSES
 from mea.oracle import OutputMode
 from mea.ownership.evidence import EvidenceStore
+from mea.signature import Signature
 
 
 class RecordingClient:
@@ -46,6 +46,10 @@ class RecordingClient:
     def budget(self) -> int | None:
         return self._defended.budget
 
+    @property
+    def signature(self) -> Signature:
+        return self._defended.signature
+
     def respond(self, images: torch.Tensor) -> Response:
         """One request: answer the batch and record its watermarked rows."""
         response = self._defended.respond(images, self.client)
@@ -60,7 +64,7 @@ class RecordingClient:
             self.respond(images[start : start + self.batch_size]).answers
             for start in range(0, len(images), self.batch_size)
         ]
-        return torch.cat(answers) if answers else torch.empty(0, NUM_CLASSES)
+        return torch.cat(answers) if answers else torch.empty(0, self.signature.classes)
 
 
 class SybilClient:
@@ -92,10 +96,14 @@ class SybilClient:
     def budget(self) -> int | None:
         return self._defended.budget
 
+    @property
+    def signature(self) -> Signature:
+        return self._defended.signature
+
     def query(self, images: torch.Tensor) -> torch.Tensor:
         answers = []
         for start in range(0, len(images), self.batch_size):
             key = self.keys[self._next % len(self.keys)]
             self._next += 1
             answers.append(key.respond(images[start : start + self.batch_size]).answers)
-        return torch.cat(answers) if answers else torch.empty(0, NUM_CLASSES)
+        return torch.cat(answers) if answers else torch.empty(0, self.signature.classes)

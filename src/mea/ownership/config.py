@@ -7,6 +7,8 @@ import hmac
 from dataclasses import dataclass
 
 from mea.errors import ConfigError
+from mea.signature import DEFAULT as DEFAULT_SIGNATURE
+from mea.signature import Signature
 
 DEFAULT_ALPHA = 1e-6
 DEFAULT_CAP_PER_CLIENT = 10_000
@@ -115,3 +117,13 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_queries <= 0 or self.max_records < 0 or self.neighbours < 0 or (self.probes or 0) < 0:
             raise ConfigError(f"query budget values must be positive, got {self}")
+
+
+def check_victim_signature(signature: Signature) -> None:
+    """Ownership evidence (the watermark's keyed cells and classes, the evidence store, the
+    fingerprint's probes) is laid out for the default task's 1x28x28 images and 10 classes."""
+    if signature != DEFAULT_SIGNATURE:
+        raise ConfigError(
+            f"ownership verification supports victims of {DEFAULT_SIGNATURE.describe()} so far; this one takes "
+            f"{signature.describe()}"
+        )

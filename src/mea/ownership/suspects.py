@@ -24,8 +24,9 @@ import torch
 from mea.config import MODEL_NAME
 from mea.errors import ArtifactError, MeaError
 from mea.model_files import PICKLE_HINT, OnnxClassifier, sniff
-from mea.models import NUM_CLASSES
+from mea.models import NUM_CLASSES, signature_of
 from mea.oracle import check_images
+from mea.signature import DEFAULT
 from mea.training import predict_logits
 
 
@@ -54,12 +55,21 @@ def load_suspect(path: Path) -> Suspect:
     if kind == "pickle":
         raise SuspectError(f"{path} is a pickle; {PICKLE_HINT}")
     if kind == "safetensors":
-        return ModelSuspect.load(path)
-    if kind == "onnx":
-        return ModelSuspect(OnnxClassifier(path, SuspectError), "onnx", str(path))
-    raise SuspectError(
-        f"{path} is not a model file mea can read; pass a mea .safetensors file or an .onnx file, or --url for an API"
-    )
+        suspect = ModelSuspect.load(path)
+    elif kind == "onnx":
+        suspect = ModelSuspect(OnnxClassifier(path, SuspectError), "onnx", str(path))
+    else:
+        raise SuspectError(
+            f"{path} is not a model file mea can read; pass a mea .safetensors file or an .onnx file, "
+            "or --url for an API"
+        )
+    signature = signature_of(suspect.model)
+    if signature != DEFAULT:
+        raise SuspectError(
+            f"{path} is not a model of 28x28 grey images into {DEFAULT.classes} classes, as the victims mea verifies "
+            f"are (it takes {signature.describe()}): it is not a {DEFAULT.classes}-class copy of one"
+        )
+    return suspect
 
 
 class ModelSuspect:

@@ -34,7 +34,6 @@ from mea.serve import metrics
 from mea.serve.console import console_router, static_files
 from mea.serve.keys import ApiKey
 from mea.serve.protocol import (
-    INPUT_SHAPES,
     OUTPUTS,
     ProtocolError,
     encode_infer_response,
@@ -166,13 +165,13 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
             "name": config.model_name,
             "versions": ["1"],
             "platform": "pytorch_libtorch",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *service.layout.image_shape]}],
             "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, service.signature.classes]},
                 {"name": "label", "datatype": "INT64", "shape": [-1]},
             ],
             "parameters": {
-                "input_shapes": INPUT_SHAPES,
+                "input_shapes": service.layout.shapes,
                 "input_datatypes": "FP32 in [0, 1] or UINT8",
                 "max_batch_size": config.max_batch,
                 "output_mode": config.output,
@@ -220,19 +219,19 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
         if suspended:
             return refused(request, key.id, "infer", Refusal(403, "this API key is suspended; contact the operator"))
         header = request.headers.get("inference-header-content-length")
-        limit = body_limit_of(config, binary=header is not None)
+        limit = body_limit_of(config, header is not None, service.layout)
         try:
             idempotency_key = Service.check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
             if header is not None and not header.isdigit():
                 raise ProtocolError(400, "Inference-Header-Content-Length must be a whole number of bytes")
             encoding = request.headers.get("content-encoding")
             plain_json = header is None and encoding in (None, "", "identity")
-            max_values = max_request_values(config.max_batch) if plain_json else None
+            max_values = max_request_values(config.max_batch, service.layout) if plain_json else None
             body = _decode(await _read_body(request, limit, max_values), encoding, limit)
         except _TooLarge:
             message = (
                 f"the request exceeds what {config.max_batch} images need ({limit} bytes, "
-                f"{max_request_values(config.max_batch)} values); send smaller batches"
+                f"{max_request_values(config.max_batch, service.layout)} values); send smaller batches"
             )
             return refused(request, key.id, "infer", Refusal(413, message))
         except ProtocolError as exc:
@@ -244,7 +243,7 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
 
         def answer() -> Response | Refusal:
             try:
-                parsed = parse_infer_request(body, int(header) if header else None, config.max_batch)
+                parsed = parse_infer_request(body, int(header) if header else None, config.max_batch, service.layout)
             except ProtocolError as exc:
                 return Refusal(exc.status, exc.message)
             outcome = service.infer(key, parsed, idempotency_key, started)

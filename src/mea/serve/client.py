@@ -6,10 +6,11 @@ retrying with exponential backoff when the server answers 429 (rate limit) or 50
 is the budget: the server counts it, and a spent quota ends the attack with BudgetExhausted.
 
 Any other Open Inference Protocol v2 server (KServe, Seldon MLServer, Triton) works too: the model's
-metadata names its input (a batch of 28x28 grey images, [B, 1, 28, 28] or [B, 784], FP32 or FP64)
-and outputs; the requests are then plain JSON, and the answers are read as the server gives them:
-class scores ([B, 10], probabilities or logits, turned into probabilities) or labels ([B] or
-[B, 1], integers: a label-only oracle).
+metadata names its input (a batch of images, [B, C, H, W] with 1 or 3 channels or [B, H*W] flat
+grey, FP32 or FP64) and outputs; the requests are then plain JSON, and the answers are read as the
+server gives them: class scores ([B, K], probabilities or logits, turned into probabilities) or
+labels ([B] or [B, 1], integers: a label-only oracle, whose class count the metadata cannot say:
+`classes`, the local victim's, default 10).  The victim's signature (input shape, classes) comes from the metadata.
 
 A request that may have reached the server (a read timeout, a dropped connection) is resent only
 when the server recognises retries: `mea serve` announces an idempotency header in its model
@@ -32,9 +33,9 @@ import orjson
 import torch
 
 from mea.errors import BudgetExhausted, ConfigError, MeaError, Refused
-from mea.models import NUM_CLASSES
 from mea.oracle import Label, OutputMode, Probabilities, check_images, parse_output
 from mea.serve.protocol import MODEL_NAME
+from mea.signature import DEFAULT, Signature
 
 # Retries wait at most this long between attempts, and a request's time limit grows to at most this.
 _MAX_DELAY_S = 30.0
@@ -58,10 +59,13 @@ class HttpOracle:
         timeout_s: float = 60.0,
         headers: Mapping[str, str] | None = None,
         verify: str | bool | ssl.SSLContext = True,
+        classes: int | None = None,
     ) -> None:
         """`timeout_s` bounds the first attempt of a request; each retry doubles it (up to 2 minutes).
         `headers` go with every request (an Authorization header, say); `verify` is a CA bundle
-        for a server with its own certificate (or True for the system's)."""
+        for a server with its own certificate (or True for the system's).  `classes`: the number of
+        classes of a server that answers labels only (its metadata cannot say; default 10), checked
+        against a server that answers scores."""
         if batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {batch_size}")
         sent = dict(headers or {})
@@ -79,7 +83,10 @@ class HttpOracle:
         metadata = self._metadata(model)
         parameters = metadata.get("parameters", {})
         # `mea serve` says how it answers; any other OIP v2 server is read from its model metadata.
-        self._served_model = None if "output_mode" in parameters else ServedModel.from_metadata(metadata, url, model)
+        self._served_model = ServedModel.from_metadata(metadata, url, model, classes)
+        self._signature = self._served_model.signature
+        if "output_mode" in parameters:  # mea serve: binary tensors both ways
+            self._served_model = None
         self._idempotency_header: str | None = parameters.get("idempotency_header")
         self._output = (
             parse_output(parameters.get("output_mode", "probabilities"))
@@ -107,6 +114,10 @@ class HttpOracle:
         """The key's quota when the oracle connected (queries it could still make then)."""
         return self._budget
 
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
     def close(self) -> None:
         self._client.close()
 
@@ -128,7 +139,7 @@ class HttpOracle:
         return response.json()
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        images = check_images(images)
+        images = check_images(images, self._signature.image_shape)
         if self._budget is not None and self._used + len(images) > self._budget:
             raise BudgetExhausted(
                 f"query budget exhausted: {self._used} of {self._budget} queries used, {len(images)} more asked"
@@ -139,7 +150,7 @@ class HttpOracle:
                 answers.append(self._infer(images[start : start + self._batch_size]))
             except Refused as refusal:
                 raise Refused(str(refusal), torch.cat(answers) if answers else None) from None
-        return torch.cat(answers) if answers else torch.empty(0, 10)
+        return torch.cat(answers) if answers else torch.empty(0, self._signature.classes)
 
     def _infer(self, images: torch.Tensor) -> torch.Tensor:
         if self._served_model is None:
@@ -170,7 +181,7 @@ class HttpOracle:
             if response.status_code == 200:
                 self._used += len(images)
                 if self._served_model is None:
-                    return _probabilities(response, len(images))
+                    return _probabilities(response, len(images), self._signature.classes)
                 return self._served_model.answers(response, len(images))
             if response.status_code == 403:
                 raise Refused(f"the service refused this key: {_message(response)}")
@@ -216,19 +227,19 @@ def _message(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-def _probabilities(response: httpx.Response, batch: int) -> torch.Tensor:
+def _probabilities(response: httpx.Response, batch: int, classes: int) -> torch.Tensor:
     header_length = response.headers.get("inference-header-content-length")
     body = response.content
     if header_length is None:
         document = orjson.loads(body)
         output = next(o for o in document["outputs"] if o["name"] == "probabilities")
-        return torch.tensor(output["data"], dtype=torch.float32).reshape(batch, 10)
+        return torch.tensor(output["data"], dtype=torch.float32).reshape(batch, classes)
     document = orjson.loads(body[: int(header_length)])
     offset = int(header_length)
     for output in document["outputs"]:
         size = output.get("parameters", {}).get("binary_data_size", 0)
         if output["name"] == "probabilities":
-            values = np.frombuffer(body[offset : offset + size], dtype="<f4").reshape(batch, 10)
+            values = np.frombuffer(body[offset : offset + size], dtype="<f4").reshape(batch, classes)
             return torch.from_numpy(values.copy())
         offset += size
     raise ServiceError("the service's answer holds no probabilities output")
@@ -239,18 +250,19 @@ class ServedModel:
     """What a third-party OIP v2 server's model takes and gives, read from its metadata."""
 
     input_name: str
-    input_shape: tuple[int, ...]  # one image: (1, 28, 28) or (784,)
+    input_shape: tuple[int, ...]  # one image as the server takes it: (C, H, W), or (H*W,) flat grey
     input_datatype: str  # FP32 or FP64
     output_name: str
     labels: bool  # integer class labels rather than class scores
     source: str
+    signature: Signature = DEFAULT
 
     @property
     def output(self) -> OutputMode:
         return Label() if self.labels else Probabilities()
 
     @classmethod
-    def from_metadata(cls, metadata: dict, url: str, model: str) -> ServedModel:
+    def from_metadata(cls, metadata: dict, url: str, model: str, classes: int | None = None) -> ServedModel:
         where = f"model {model!r} at {url}"
         inputs, outputs = metadata.get("inputs") or [], metadata.get("outputs") or []
         if len(inputs) != 1:
@@ -258,12 +270,13 @@ class ServedModel:
                 f"{where} declares {len(inputs)} inputs in its metadata; mea sends one batch of images "
                 "and needs the input's name, datatype and shape there"
             )
-        shape = tuple(int(d) for d in inputs[0].get("shape", [])[1:])
-        if shape not in ((1, 28, 28), (784,)):
+        try:
+            shape = tuple(int(d) for d in inputs[0].get("shape", [])[1:])
+            image_shape = Signature.of_input(shape, DEFAULT.classes, where).image_shape
+        except (ConfigError, TypeError, ValueError) as exc:
             raise ServiceError(
-                f"{where} takes input of shape {inputs[0].get('shape')}, not [-1, 1, 28, 28] or [-1, 784]: "
-                "mea attacks 28x28 grey image classifiers"
-            )
+                f"{where} takes input of shape {inputs[0].get('shape')}: {exc}; mea attacks image classifiers"
+            ) from None
         datatype = str(inputs[0].get("datatype", "FP32")).upper()
         if datatype not in ("FP32", "FP64"):
             raise ServiceError(f"{where} takes {datatype} input; mea sends images as FP32 or FP64 in [0, 1]")
@@ -271,14 +284,19 @@ class ServedModel:
             raise ServiceError(f"{where} declares no outputs in its metadata; mea needs the output's name")
         output = outputs[0]
         out_type = str(output.get("datatype", "FP32")).upper()
-        out_shape = [int(d) for d in output.get("shape", [-1, NUM_CLASSES])[1:]]
+        out_shape = [int(d) for d in output.get("shape", [-1, classes or DEFAULT.classes])[1:]]
         labels = out_type.startswith(("INT", "UINT")) or out_shape in ([], [1])
-        if not labels and out_shape != [NUM_CLASSES]:
+        if not labels and (len(out_shape) != 1 or out_shape[0] < 2 or (classes and out_shape[0] != classes)):
             raise ServiceError(
                 f"{where} answers {output.get('name')!r} of shape {output.get('shape')}, neither class scores "
-                f"[-1, {NUM_CLASSES}] nor labels [-1]"
+                f"[-1, {classes or 'K'}] nor labels [-1]"
             )
-        return cls(str(inputs[0]["name"]), shape, datatype, str(output["name"]), labels, f"{url} ({model})")
+        try:
+            signature = Signature(image_shape, classes or DEFAULT.classes if labels else out_shape[0])
+        except ConfigError as exc:
+            raise ServiceError(f"{where}: {exc}") from None
+        source = f"{url} ({model})"
+        return cls(str(inputs[0]["name"]), shape, datatype, str(output["name"]), labels, source, signature)
 
     def request(self, images: torch.Tensor) -> bytes:
         return orjson.dumps(
@@ -297,6 +315,7 @@ class ServedModel:
 
     def answers(self, response: httpx.Response, batch: int) -> torch.Tensor:
         """Probability rows (one-hot rows for labels) from a JSON infer response."""
+        classes = self.signature.classes
         try:
             output = next(o for o in orjson.loads(response.content)["outputs"] if o.get("name") == self.output_name)
             values = np.asarray(output["data"], dtype=np.float64)
@@ -306,9 +325,14 @@ class ServedModel:
             if values.size != batch:
                 raise ServiceError(f"{self.source} answered {values.size} labels for {batch} images")
             labels = torch.from_numpy(values.reshape(batch).astype(np.int64))
-            return torch.nn.functional.one_hot(labels.clamp(0, NUM_CLASSES - 1), NUM_CLASSES).float()
-        if values.size != batch * NUM_CLASSES:
-            raise ServiceError(f"{self.source} answered {values.size} scores for {batch} images x {NUM_CLASSES}")
-        scores = torch.from_numpy(values.reshape(batch, NUM_CLASSES)).float()
+            if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+                raise ServiceError(
+                    f"{self.source} answered label {int(labels.max())}, outside 0..{classes - 1}; "
+                    "the classes of the victim it is scored against (--victim)"
+                )
+            return torch.nn.functional.one_hot(labels, classes).float()
+        if values.size != batch * classes:
+            raise ServiceError(f"{self.source} answered {values.size} scores for {batch} images x {classes}")
+        scores = torch.from_numpy(values.reshape(batch, classes)).float()
         looks_like_probabilities = bool((scores >= 0).all()) and bool(((scores.sum(1) - 1).abs() < 1e-3).all())
         return scores if looks_like_probabilities else torch.softmax(scores, dim=1)

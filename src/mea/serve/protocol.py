@@ -1,11 +1,12 @@
-"""The Open Inference Protocol v2 (KServe, Triton) for one 28x28 grey-image classifier.
+"""The Open Inference Protocol v2 (KServe, Triton) for one image classifier.
 
-Requests carry one input tensor, shape [B, 1, 28, 28] or [B, 784], datatype FP32 (pixels in [0, 1])
-or UINT8 (0..255), its data as a JSON list or, with Triton's binary tensor extension, as raw
-little-endian bytes after the JSON header (whose length the Inference-Header-Content-Length header
-gives).  Responses carry `probabilities` [B, 10] FP32 and `label` [B] INT64, as JSON or binary as
-the client asks.  Every client mistake becomes a ProtocolError with a 4xx status and a message
-that says what to send instead.
+Requests carry one input tensor of the victim's shape (`InputLayout`; the default victim's
+[B, 1, 28, 28], or [B, 784] for a grey one), datatype FP32 (pixels in [0, 1]) or UINT8 (0..255),
+its data as a JSON list or, with Triton's binary tensor extension, as raw little-endian bytes after
+the JSON header (whose length the Inference-Header-Content-Length header gives).  Responses carry
+`probabilities` [B, classes] FP32 and `label` [B] INT64, as JSON or binary as the client asks.
+Every client mistake becomes a ProtocolError with a 4xx status and a message that says what to
+send instead.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import torch
 
 from mea.config import MODEL_NAME as MODEL_NAME  # re-exported
 
-INPUT_SHAPES = "[B, 1, 28, 28] or [B, 784]"
-PIXELS = 28 * 28
 # Body limits follow from the largest batch: a pixel takes 4 bytes in binary and at most about 24
 # characters as a JSON number with its separator (a float32 written at full float64 precision,
 # "0.0039215688593685627, "); the JSON header of a request is small.
@@ -35,6 +34,29 @@ _DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUTS = ("probabilities", "label")
 
 
+@dataclass(frozen=True)
+class InputLayout:
+    """The shapes a request's tensor may have: the victim's (C, H, W), or flat for a grey victim."""
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+
+    @property
+    def pixels(self) -> int:
+        return math.prod(self.image_shape)
+
+    @property
+    def shapes(self) -> str:
+        """E.g. "[B, 1, 28, 28] or [B, 784]"."""
+        full = f"[B, {', '.join(map(str, self.image_shape))}]"
+        return f"{full} or [B, {self.pixels}]" if self.image_shape[0] == 1 else full
+
+    def accepts(self, shape: list[int]) -> bool:
+        return shape[1:] == list(self.image_shape) or (self.image_shape[0] == 1 and shape[1:] == [self.pixels])
+
+
+DEFAULT_LAYOUT = InputLayout()
+
+
 class ProtocolError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -45,7 +67,7 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class InferRequest:
     id: str | None
-    images: torch.Tensor  # (B, 1, 28, 28) float32 in [0, 1]
+    images: torch.Tensor  # (B, C, H, W) float32 in [0, 1]
     raw: bytes  # the input tensor's bytes as sent, for the audit digest
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str]
@@ -55,17 +77,17 @@ def _fail(message: str, status: int = 400) -> ProtocolError:
     return ProtocolError(status, message)
 
 
-def body_limit(max_batch: int, binary: bool) -> int:
+def body_limit(max_batch: int, binary: bool, layout: InputLayout = DEFAULT_LAYOUT) -> int:
     """The largest request body a server taking batches of up to `max_batch` images needs to read."""
-    return HEADER_BYTES + max_batch * PIXELS * (4 if binary else JSON_BYTES_PER_VALUE)
+    return HEADER_BYTES + max_batch * layout.pixels * (4 if binary else JSON_BYTES_PER_VALUE)
 
 
-def max_request_values(max_batch: int) -> int:
+def max_request_values(max_batch: int, layout: InputLayout = DEFAULT_LAYOUT) -> int:
     """The most numbers a JSON request may hold: its largest batch's pixels and a few more."""
-    return max_batch * PIXELS + _SPARE_VALUES
+    return max_batch * layout.pixels + _SPARE_VALUES
 
 
-def _check_value_count(header: bytes, max_batch: int) -> None:
+def _check_value_count(header: bytes, max_batch: int, layout: InputLayout) -> None:
     """Refuse a JSON document holding more numbers than its tensor needs, before parsing it.
 
     Parsing is what costs memory (a Python float per number) and holds the interpreter: the
@@ -73,7 +95,7 @@ def _check_value_count(header: bytes, max_batch: int) -> None:
     a request may carry, and the separators bound how many it does.  A decoy "shape" elsewhere in
     the document can only loosen the bound up to the largest batch, never past it.
     """
-    allowed = max_batch * PIXELS
+    allowed = max_batch * layout.pixels
     declared = _SHAPE.search(header)
     if declared is not None:
         try:
@@ -86,12 +108,12 @@ def _check_value_count(header: bytes, max_batch: int) -> None:
     if values > allowed + _SPARE_VALUES:
         raise _fail(
             f"the request holds about {values} values but its tensor takes at most {allowed}; "
-            f"send exactly shape[0] x 784 pixel values",
-            413 if values > max_request_values(max_batch) else 400,
+            f"send exactly shape[0] x {layout.pixels} pixel values",
+            413 if values > max_request_values(max_batch, layout) else 400,
         )
 
 
-def _split(body: bytes, header_length: int | None, max_batch: int) -> tuple[dict, bytes]:
+def _split(body: bytes, header_length: int | None, max_batch: int, layout: InputLayout) -> tuple[dict, bytes]:
     if header_length is None:
         header, binary = body, b""
     else:
@@ -100,7 +122,7 @@ def _split(body: bytes, header_length: int | None, max_batch: int) -> tuple[dict
         if header_length > HEADER_BYTES:
             raise _fail(f"the JSON header of a binary request must be under {HEADER_BYTES} bytes", 413)
         header, binary = body[:header_length], body[header_length:]
-    _check_value_count(header, max_batch)
+    _check_value_count(header, max_batch, layout)
 
     try:
         # orjson: several times faster than json on long lists of floats, and strict: NaN and
@@ -113,8 +135,10 @@ def _split(body: bytes, header_length: int | None, max_batch: int) -> tuple[dict
     return document, binary
 
 
-def parse_infer_request(body: bytes, header_length: int | None, max_batch: int) -> InferRequest:
-    document, binary = _split(body, header_length, max_batch)
+def parse_infer_request(
+    body: bytes, header_length: int | None, max_batch: int, layout: InputLayout = DEFAULT_LAYOUT
+) -> InferRequest:
+    document, binary = _split(body, header_length, max_batch, layout)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise _fail('"inputs" must be a list holding exactly one tensor: {"name", "shape", "datatype", "data"}')
@@ -125,9 +149,9 @@ def parse_infer_request(body: bytes, header_length: int | None, max_batch: int) 
 
     shape = tensor.get("shape")
     if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
-        raise _fail(f'"shape" must be a list of integers, {INPUT_SHAPES}')
-    if not (shape[1:] in ([1, 28, 28], [PIXELS]) and len(shape) in (2, 4)):
-        raise _fail(f"input shape {shape} is not {INPUT_SHAPES}")
+        raise _fail(f'"shape" must be a list of integers, {layout.shapes}')
+    if not layout.accepts(shape):
+        raise _fail(f"input shape {shape} is not {layout.shapes}")
     batch = shape[0]
     if batch < 1:
         raise _fail(f"the batch size must be at least 1, got {batch}")
@@ -138,7 +162,7 @@ def parse_infer_request(body: bytes, header_length: int | None, max_batch: int) 
     if datatype not in _DTYPES:
         raise _fail(f"datatype {datatype!r} is not supported; send FP32 (pixels in [0, 1]) or UINT8 (0..255)")
     dtype = _DTYPES[datatype]
-    count = batch * PIXELS
+    count = batch * layout.pixels
 
     parameters = tensor.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -180,7 +204,7 @@ def parse_infer_request(body: bytes, header_length: int | None, max_batch: int) 
     images = torch.from_numpy((values / high if datatype == "UINT8" else values).astype(np.float32))
 
     outputs, binary_outputs = _requested_outputs(document)
-    return InferRequest(request_id, images.reshape(batch, 1, 28, 28), raw, outputs, binary_outputs)
+    return InferRequest(request_id, images.reshape(batch, *layout.image_shape), raw, outputs, binary_outputs)
 
 
 def _requested_outputs(document: dict) -> tuple[tuple[str, ...], frozenset[str]]:

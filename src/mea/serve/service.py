@@ -34,7 +34,7 @@ from mea.serve import audit, metrics
 from mea.serve.clients import ClientRecords
 from mea.serve.db import Database
 from mea.serve.keys import ApiKey, KeyRevoked, KeyStore, QuotaExceeded, RateLimited
-from mea.serve.protocol import PIXELS, InferRequest, body_limit
+from mea.serve.protocol import InferRequest, InputLayout, body_limit
 from mea.serve.ratelimit import TokenBuckets
 from mea.victim import Victim
 
@@ -50,9 +50,9 @@ def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def body_limit_of(config: ServeConfig, binary: bool) -> int:
+def body_limit_of(config: ServeConfig, binary: bool, layout: InputLayout) -> int:
     """The request body limit: derived from the largest batch, or the configured one if smaller."""
-    derived = body_limit(config.max_batch, binary)
+    derived = body_limit(config.max_batch, binary, layout)
     return derived if config.max_body_bytes is None else min(derived, config.max_body_bytes)
 
 
@@ -78,7 +78,9 @@ class Service:
         self.rejected = audit.RejectCounter(self.db)
         self.refusals = TokenBuckets(config.refusals_per_s, config.refusals_burst)
         self.monitor = PradaMonitor(config.prada)
-        self.clients = ClientRecords(config.prada, PIXELS)
+        self.signature = victim.signature
+        self.layout = InputLayout(self.signature.image_shape)  # what a request's tensor may be
+        self.clients = ClientRecords(config.prada, self.layout.pixels)
         oracle = defense.oracle(victim) if defense is not None else VictimOracle(victim.model)
         self.gate = ClientGate(oracle, self.monitor)
         self.evidence = None
