@@ -898,15 +898,25 @@ def readme_serve_throughput(results: Results) -> str:
     record = results["serve_throughput.json"]
     rows = record["rows"]
 
-    def cell(defense: bool, encoding: str, batch: int) -> dict:
-        return next(r for r in rows if (r["defense"], r["encoding"], r["batch"]) == (defense, encoding, batch))
+    def cell(defense: bool | None, encoding: str, batch: int) -> dict | None:
+        return next((r for r in rows if (r["defense"], r["encoding"], r["batch"]) == (defense, encoding, batch)), None)
 
     lines = []
+    model = cell(None, "in-process", 256), cell(None, "in-process", 1)
+    if model[0] is not None:
+        lines.append(
+            [
+                "in-process oracle (no server)",
+                f"{count(model[0]['images_per_s'])} images/s, p50 {model[0]['p50_ms']:.1f} ms",
+                "",
+                f"{count(model[1]['images_per_s'])} images/s, p50 {model[1]['p50_ms']:.2f} ms",
+            ]
+        )
     for defense in (False, True):
         b256, j256, b1 = cell(defense, "binary", 256), cell(defense, "json", 256), cell(defense, "binary", 1)
         lines.append(
             [
-                "defended" if defense else "undefended",
+                "`mea serve`, defended" if defense else "`mea serve`, undefended",
                 f"{count(b256['images_per_s'])} images/s, p50 {b256['p50_ms']:.0f} ms, p99 {b256['p99_ms']:.0f} ms",
                 f"{count(j256['images_per_s'])} images/s",
                 f"{count(b1['images_per_s'])} images/s, p50 {b1['p50_ms']:.1f} ms",
@@ -914,6 +924,13 @@ def readme_serve_throughput(results: Results) -> str:
         )
     off, on = cell(False, "binary", 256), cell(True, "binary", 256)
     cost = 1 - on["images_per_s"] / off["images_per_s"]
+    findings = [f"The defense's measured cost at batch 256 (binary): {cost:+.0%} of throughput."]
+    if model[0] is not None:
+        findings.append(
+            f"Served with the defense, binary batch 256 runs at {on['images_per_s'] / model[0]['images_per_s']:.0%} "
+            f"of the in-process oracle's rate measured in the same run (undefended: "
+            f"{off['images_per_s'] / model[0]['images_per_s']:.0%})."
+        )
     provenance = record.get("provenance")
     where = (
         source(provenance, "`benchmarks/results/serve_throughput.json`", timed=True)
@@ -924,11 +941,12 @@ def readme_serve_throughput(results: Results) -> str:
     return "\n".join(
         [
             f"Server and {record['clients']} client threads on the same machine, loopback, {record['rounds']} "
-            "alternating rounds per configuration (the median), fresh MNIST images for every request:",
+            "alternating rounds per configuration (the median), fresh MNIST images for every request; the "
+            "server and the in-process oracle with the same torch threads:",
             "",
             table(["", "binary FP32, batch 256", "JSON, batch 256", "binary, batch 1"], lines),
             "",
-            f"The defense's measured cost at batch 256 (binary): {cost:+.0%} of throughput.",
+            " ".join(findings),
             "",
             where,
         ]
@@ -1202,6 +1220,33 @@ def readme_startup(results: Results) -> str:
             f"`mea --help` starts {help_ratio:.0f}x faster. <sub>From `benchmarks/results/startup.json`, written by "
             f"`{record['command']}` on {record['date'][:16].replace('T', ' ')} UTC ({cores} cores, 1-minute load "
             f"{load:.1f} at the start{busy}).</sub>",
+        ]
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def readme_suite_time(results: Results) -> str:
+    """benchmarks/results/suite_time.json (benchmarks.suite_time): the test suite alone and on a busy machine."""
+    record = results["suite_time.json"]
+    neighbour = record["busy"]["neighbour"]
+    rows = []
+    for name, run in (("alone", record["alone"]), ("beside the default attack, restarted in a loop", record["busy"])):
+        counts = run["counts"]
+        outcome = ", ".join(f"{n:,} {kind}" for kind, n in counts.items())
+        load = run["load_average_1min"]
+        loads = f"{load['start']:.1f} → {load['end']:.1f}" if load["start"] is not None else "n/a"
+        rows.append([name, _minutes(run["wall_s"]), outcome, loads])
+    ratio = record["busy"]["wall_s"] / record["alone"]["wall_s"]
+    attacks = neighbour["attacks_finished"]
+    return "\n\n".join(
+        [
+            table(["the suite (`pytest -q`, CI=true)", "wall time", "outcome", "1-minute load, start → end"], rows),
+            f"On a busy machine the suite takes {ratio:.2f}x as long and passes: no test has a wall-clock limit "
+            f"(the neighbour finished {plural(attacks, 'default attack')} meanwhile). "
+            + source(record["provenance"], "`benchmarks/results/suite_time.json`"),
         ]
     )
 
@@ -1785,6 +1830,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "benchmarks-limits": _full(bench_limits),
     "quickstart": readme_quickstart,
     "startup": readme_startup,
+    "suite-time": readme_suite_time,
     "thread-contention": readme_thread_contention,
     "omp-wait-policy": readme_omp_wait_policy,
     "victim": readme_victim,

@@ -3,7 +3,9 @@
 Starts a real server process per configuration, sends MNIST test images from client threads in the
 same way HttpOracle does (OIP v2 with binary FP32 tensors) and, for comparison, as plain JSON, and
 reports images/s and per-request p50/p99 latency at batch 1 and batch 256.  Client and server share
-this machine's cores, as they would in any single-host measurement.
+this machine's cores, as they would in any single-host measurement.  The in-process oracle (the
+victim behind `VictimOracle`, no server, as many torch threads as the server) is measured in the
+same run on the same images: the server's rate is judged against the model's own.
 
     python -m benchmarks.serve_throughput --victim DIR --defense DIR
 """
@@ -25,6 +27,7 @@ import httpx
 import numpy as np
 import orjson
 
+from benchmarks.provenance import Provenance
 from mea.data import load
 from mea.serve.client import binary_infer_request
 from mea.serve.db import Database
@@ -95,6 +98,36 @@ def measure(url: str, keys: list[str], images: np.ndarray, batch: int, encode, s
     }
 
 
+def in_process(victim: Path, images: np.ndarray, batch: int, seconds: float, threads: int) -> dict:
+    """Images/s and per-call latency of the victim queried in process, one caller."""
+    import torch
+
+    from mea.oracle import VictimOracle
+    from mea.victim import load_victim
+
+    torch.set_num_threads(threads)
+    oracle = VictimOracle(load_victim(victim).model)
+    tensors = [torch.from_numpy(images[i : i + batch]) for i in range(0, len(images) - batch + 1, batch)]
+    for chunk in tensors[:20]:  # warm-up
+        oracle.query(chunk)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        chunk = tensors[len(latencies) % len(tensors)]
+        tick = time.perf_counter()
+        oracle.query(chunk)
+        latencies.append(time.perf_counter() - tick)
+    wall = time.perf_counter() - start
+    ordered = sorted(latencies)
+    return {
+        "images_per_s": batch * len(latencies) / wall,
+        "requests": len(latencies),
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--victim", type=Path, required=True)
@@ -105,6 +138,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_throughput.json"))
     args = parser.parse_args()
+    provenance = Provenance()
 
     # Benign traffic: all 70,000 MNIST images, none repeated under one key (see `measure`).
     images = np.concatenate([load("mnist", part).images.numpy() for part in ("test", "train")])
@@ -127,6 +161,13 @@ def main() -> None:
 
     rows = []
     try:
+        for batch in (1, 256):
+            samples = [in_process(args.victim, images, batch, args.seconds, args.threads) for _ in range(args.rounds)]
+            result = {key: statistics.median(s[key] for s in samples) for key in ("images_per_s", "p50_ms", "p99_ms")}
+            rows.append({"defense": None, "encoding": "in-process", "batch": batch, "server_threads": args.threads,
+                         **result})  # fmt: skip
+            print(f"in-process oracle, batch {batch:3d}: {result['images_per_s']:8.0f} images/s, "
+                  f"p50 {result['p50_ms']:6.2f} ms", flush=True)  # fmt: skip
         for encoding, encode in (("binary", binary_infer_request), ("json", json_request)):
             for batch in (1, 256):
                 samples: dict[bool, list[dict]] = {False: [], True: []}
@@ -182,6 +223,7 @@ def main() -> None:
     args.out.write_text(
         json.dumps(
             {
+                "provenance": provenance.record(),
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "cpus": os.cpu_count(),
                 "clients": args.clients,

@@ -38,3 +38,18 @@ def test_refuses_what_is_not_a_mea_safetensors_file(tmp_path):
         models.load(tmp_path / "missing.safetensors")
     with pytest.raises(ConfigError, match="unknown architecture 'resnet'; choose one of: lenet5"):
         models.build("resnet", 0)
+
+
+def test_inference_pooling_is_max_pool2d_bit_for_bit():
+    from mea.models import max_pool2
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((1, 6, 28, 28), (5, 6, 28, 28), (30, 16, 13, 11), (20, 6, 32, 32)):
+        x = torch.randn(*shape, generator=generator).contiguous(memory_format=torch.channels_last)
+        x[:, :, :4, :4] = 0.25  # ties, as on a digit's flat background
+        with torch.inference_mode():
+            assert torch.equal(max_pool2(x), torch.nn.functional.max_pool2d(x, 2))
+    # With autograd the gradient goes where max_pool2d sends it (training is unchanged).
+    x = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    max_pool2(x).sum().backward()
+    assert x.grad.sum().item() == 1.0 and (x.grad == 1).sum().item() == 1

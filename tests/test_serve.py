@@ -622,7 +622,8 @@ def test_https_with_the_operators_certificate(victim, victim_dir, data_dir, tmp_
         out = tmp_path / "attack"
         env = {**os.environ, "MEA_DATA_DIR": str(data_dir), "MEA_API_KEY": token}
         command = [sys.executable, "-m", "mea", "--threads", "1", "attack", "--victim", str(victim_dir)]
-        command += ["--url", server.url, "--ca", str(ca), "--queries", "256", "--epochs", "1", "--out", str(out)]
+        command += ["--url", server.url, "--ca", str(ca), "--queries", "256", "--epochs", "1", "--min-steps", "0"]
+        command += ["--out", str(out)]
         finished = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         assert finished.returncode == 0, finished.stderr
         assert json.loads((out / "metrics.json").read_text())["queries"] == 256

@@ -30,6 +30,26 @@ from mea.signature import DEFAULT, Signature
 NUM_CLASSES = DEFAULT.classes  # the default task's (MNIST's); a model's own is `signature_of(model)`
 
 
+_FAST_POOL_MIN = 16_384  # elements: about 3 images' first LeNet layer
+
+
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pooling, stride 2 (odd edges dropped), as `F.max_pool2d(x, 2)`.
+
+    Without autograd it takes row pairs, then column pairs, of the channels-last rows as plain
+    elementwise maxima: the same values bit for bit, about 6x faster than max_pool2d on this CPU
+    (which spent a third of LeNet's inference pooling).  With autograd max_pool2d stays: on ties (a
+    digit's flat background) it sends the gradient to one input, and training must not change; and
+    for a handful of images, where max_pool2d's one call beats the few calls here."""
+    if torch.is_grad_enabled() or x.numel() < _FAST_POOL_MIN:
+        return F.max_pool2d(x, 2)
+    n, c, h, w = x.shape
+    h, w = h // 2 * 2, w // 2 * 2
+    rows = x[:, :, :h, :w].permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2 * c)  # a view when channels-last
+    pairs = torch.maximum(rows[:, :, 0], rows[:, :, 1])  # (n, h/2, w/2, 2c): vertical pairs
+    return torch.maximum(pairs[..., :c], pairs[..., c:]).permute(0, 3, 1, 2)  # horizontal pairs, NCHW view
+
+
 def _after_two_blocks(size: int) -> int:
     """A side after LeNet's conv(5x5, padding 2) - pool - conv(5x5) - pool."""
     return (size // 2 - 4) // 2
@@ -58,8 +78,8 @@ class LeNet5(nn.Module):
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # Pool before ReLU: the same function as ReLU-then-pool (both are monotone), but the
         # ReLU then touches a quarter of the values, which is most of a CPU step at this size.
-        conv1 = F.relu(F.max_pool2d(self.conv1(x), 2))
-        conv2 = F.relu(F.max_pool2d(self.conv2(conv1), 2))
+        conv1 = F.relu(max_pool2(self.conv1(x)))
+        conv2 = F.relu(max_pool2(self.conv2(conv1)))
         fc1 = F.relu(self.fc1(conv2.flatten(1)))
         fc2 = F.relu(self.fc2(fc1))
         return {"conv1": conv1, "conv2": conv2, "fc1": fc1, "fc2": fc2, "logits": self.fc3(fc2)}
@@ -81,8 +101,8 @@ class SmallCNN(nn.Module):
         self.fc2 = nn.Linear(32, signature.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        x = F.relu(max_pool2(self.conv1(x)))
+        x = F.relu(max_pool2(self.conv2(x)))
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
