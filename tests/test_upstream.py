@@ -17,6 +17,7 @@ from mea import models
 from mea.config import DetectorConfig, TrainConfig
 from mea.data import load, make_pool
 from mea.defenses.store import fit_defense, load_defense
+from mea.errors import MeaError
 from mea.seeding import generator
 from mea.training import fit
 from mea.victim import load_victim
@@ -80,6 +81,14 @@ def test_the_defense_reads_the_operators_extractor_beside_the_upstreams_answers(
         assert roc_auc_score(truth, np.r_[scores_in.numpy(), scores_out.numpy()]) > 0.95, pool
     with pytest.raises(Exception, match="fitted for another victim"):
         load_defense(root / "defense", load_victim(root / "plain.json"))
+    # A file that names five classes for a ten-class upstream, or names no url: one line each.
+    record = json.loads((root / "plain.json").read_text())
+    (root / "five.json").write_text(json.dumps({**record, "class_names": list("abcde")}))
+    with pytest.raises(MeaError, match=r"neither class scores \[-1, 5\] nor labels"):
+        load_victim(root / "five.json")
+    (root / "nourl.json").write_text(json.dumps({"dataset": "mnist"}))
+    with pytest.raises(MeaError, match="names no served victim"):
+        load_victim(root / "nourl.json")
 
 
 def test_mea_serve_defends_the_upstream_over_http(upstream, data_dir, tmp_path):

@@ -267,7 +267,8 @@ def _served_victim(path: Path) -> Victim:
         ) from None
     served = {key: value for key, value in record.items() if key not in SIDECAR_KEYS}
     config = _victim_record({key: value for key, value in record.items() if key not in SERVED_KEYS}, path)
-    model, fingerprint, features = served_classifier(path, served)
+    names = config.get("class_names")
+    model, fingerprint, features = served_classifier(path, served, None if names is None else len(names))
     model = with_features(model)  # no layers of its own: the confidence score alone, unless...
     if features is not None:
         extractor, _ = load_classifier(features)

@@ -48,9 +48,10 @@ class RemoteClassifier(nn.Module):
         return self._oracle.query(images.float()).clamp_min(_FLOOR).log()
 
 
-def served_classifier(path: Path, record: dict) -> tuple[nn.Module, str, Path | None]:
+def served_classifier(path: Path, record: dict, classes: int | None = None) -> tuple[nn.Module, str, Path | None]:
     """(the upstream as a module, a fingerprint of what it is, the feature extractor's file or None)
-    from a served-victim file's record."""
+    from a served-victim file's record; `classes`: its class count where the file names its classes
+    (what a label-only upstream's metadata cannot say)."""
     unknown = set(record) - set(SERVED_KEYS)
     if unknown:
         raise ArtifactError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -68,7 +69,7 @@ def served_classifier(path: Path, record: dict) -> tuple[nn.Module, str, Path | 
         features = (path.parent / str(record["features"])).resolve()
         if not features.is_file():
             raise ArtifactError(f"{path}: no feature extractor at {features}; give a model file (ONNX or safetensors)")
-    classifier = RemoteClassifier(HttpOracle(url, key, model=model))
+    classifier = RemoteClassifier(HttpOracle(url, key, model=model, classes=classes))
     # The victim is what the upstream serves under this name, read through this extractor: a
     # defense fitted on one is refused for another.
     identity = {"url": url.rstrip("/"), "model": model, "features": None if features is None else _digest(features)}
