@@ -171,9 +171,12 @@ def test_the_console_shows_an_attacker_refused_and_revokes_a_key(served, data_di
                 assert overflow <= 0, f"horizontal scrolling at {width}x{height}: {overflow} px"
             page.screenshot(path=str(tmp_path / "console-390.png"), full_page=True)
             page.set_viewport_size({"width": 1280, "height": 800})
-            # Revoke the benign client from the page (the button asks for a second click).
+            # Revoke the benign client from the page (the button asks for a second click, and stays
+            # armed while the page's refresh rebuilds the table between the two clicks).
             revoke = benign_row.locator('button[data-action="revoke"]')
             revoke.click()
+            page.wait_for_timeout(2500)  # at least one refresh (every 2 s) between the clicks
+            benign_row.locator('button[data-action="revoke"][data-armed="1"]').wait_for()
             revoke.click()
             page.wait_for_selector(f'tr[data-client="{key_id(benign)}"][data-level="revoked"]')
         finally:

@@ -9,6 +9,10 @@ const COLUMNS = ["Client", "State", "Images used / quota", "Requests/min", "OOD 
 let selected = null;
 let charts = {};
 let threshold = null;
+// Revokes asked for once and awaiting their confirming click: kept across the table's refreshes
+// (which rebuild every row every REFRESH_MS), forgotten after ARMED_MS.
+const armedRevokes = new Set();
+const ARMED_MS = 10000;
 
 function el(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -60,10 +64,18 @@ function actions(client) {
         onclick: (event) => { event.stopPropagation(); act(client.id, "suspend"); } }));
     }
     const revoke = el("button", { type: "button", class: "danger", text: "Revoke", "data-action": "revoke" });
+    const arm = () => { revoke.dataset.armed = "1"; revoke.textContent = "Confirm revoke"; };
+    if (armedRevokes.has(client.id)) arm();
     revoke.onclick = (event) => {
       event.stopPropagation();
-      if (revoke.dataset.armed) act(client.id, "revoke");
-      else { revoke.dataset.armed = "1"; revoke.textContent = "Confirm revoke"; }
+      if (armedRevokes.has(client.id)) {
+        armedRevokes.delete(client.id);
+        act(client.id, "revoke");
+      } else {
+        armedRevokes.add(client.id);
+        arm();
+        setTimeout(() => armedRevokes.delete(client.id), ARMED_MS);
+      }
     };
     box.append(revoke);
     const quota = el("input", { type: "number", min: "0", step: "1", placeholder: "quota",
