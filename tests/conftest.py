@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,13 @@ import torch
 
 from mea.data.catalog import FASHION_MNIST, MNIST
 from mea.data.fetch import cache_root, is_cached
+from mea.threads import usable_cpus
 from mea.training import LabelLoss, TrainConfig
 from mea.victim import Victim, VictimConfig, load_victim, train_victim
 
-torch.set_num_threads(2)
+# The suite runs on two pytest-xdist workers (pyproject's addopts): one torch thread each keeps the
+# two cores busy without oversubscribing them; alone, a run takes both cores.
+torch.set_num_threads(max(1, usable_cpus() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 FETCH_HINT = "run `mea data fetch --dataset all` before the tests (the README's test command does)"
 

@@ -680,6 +680,8 @@ def test_evidence_export_and_fingerprint_make(theft, victim_dir, tmp_path, data_
         "4",
         "--surrogates",
         "1",
+        "--candidates",
+        "300",
         "--size",
         "20",
         "--epochs",

@@ -42,3 +42,26 @@ def test_a_mostly_out_of_distribution_client_is_refused(data_dir):
     state = feed(PradaMonitor(), "noisy", test.images, test.labels, ood=0.8)
     assert state.level == REFUSED and state.ood_rate > 0.5
     assert "refused" in state.describe()
+
+
+def test_a_stream_is_recorded_the_same_in_batches_as_one_query_at_a_time(data_dir):
+    """The batch pass jumps from one kept query to the next; it must keep and measure exactly what
+    PRADA's query-by-query pass does (here against batches of one, on natural and on jittered
+    images, which fill the sets differently)."""
+    test = load("mnist", "test", data_dir).subset(slice(0, 600))
+    generator = torch.Generator().manual_seed(1)
+    jittered = (test.images[:60].repeat(10, 1, 1, 1) + 0.05 * torch.randn(600, 1, 28, 28, generator=generator)).clamp(
+        0, 1
+    )
+    for images, labels in ((test.images, test.labels), (jittered, test.labels[:60].repeat(10))):
+        config = PradaConfig(max_per_class=4)  # some sets fill up within a batch, some do not
+        one = feed(PradaMonitor(config), "one", images, labels, batch=1)
+        batched = feed(PradaMonitor(config), "batched", images, labels, batch=256)
+        assert one.queries == batched.queries == 600 and one.distance_count == batched.distance_count
+        assert torch.allclose(torch.tensor(one.distances), torch.tensor(batched.distances), atol=1e-4)
+        assert {c: s.size for c, s in one.sets.items()} == {c: s.size for c, s in batched.sets.items()}
+        assert any(s.full for s in batched.sets.values()) and not all(s.full for s in batched.sets.values())
+        for c, kept in one.sets.items():
+            assert torch.equal(
+                torch.from_numpy(kept.buffer[: kept.size]), torch.from_numpy(batched.sets[c].buffer[: kept.size])
+            )

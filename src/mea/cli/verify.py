@@ -273,6 +273,13 @@ def fingerprint_group() -> None:
     show_default=True,
     help="Training epochs of each of those models.",
 )
+@click.option(
+    "--candidates",
+    type=int,
+    default=_FINGERPRINT.candidates,
+    show_default=True,
+    help="Calibration images tried as starting points (the search's cost grows with them).",
+)
 @click.option("--size", type=int, default=_FINGERPRINT.size, show_default=True, help="Conferrable examples kept.")
 @click.option(
     "--epsilon", type=float, default=_FINGERPRINT.epsilon, show_default=True, help="L-infinity perturbation radius."
@@ -280,10 +287,18 @@ def fingerprint_group() -> None:
 @click.option("--seed", type=int, default=_FINGERPRINT.seed, show_default=True, help="Seed of every random choice.")
 @data_dir_option
 @force_option
-def fingerprint_make(victim_dir, out, references, surrogates, epochs, size, epsilon, seed, data_dir, force) -> None:
+def fingerprint_make(
+    victim_dir, out, references, surrogates, epochs, candidates, size, epsilon, seed, data_dir, force
+) -> None:
     """Train reference models and surrogates on the owner's data and make the fingerprint."""
     config = FingerprintConfig(
-        references=references, surrogates=surrogates, epochs=epochs, size=size, epsilon=epsilon, seed=seed
+        references=references,
+        surrogates=surrogates,
+        epochs=epochs,
+        candidates=candidates,
+        size=size,
+        epsilon=epsilon,
+        seed=seed,
     )
     if out.exists() and not force:
         raise MeaError(f"{out} exists; choose another --out or pass --force to replace it")

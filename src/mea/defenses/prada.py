@@ -61,6 +61,35 @@ class _GrowingSet:
         return np.maximum(squared.min(1), 0.0)
 
 
+def _walk(kept: _GrowingSet, images: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """PRADA's pass over one class's queries of a batch, in order: each query's distance to the
+    set kept so far (NaN for the query that starts an empty set), adding the queries whose distance
+    exceeds the set's threshold.  A query that is not kept changes nothing for the ones after it, so
+    the loop jumps from one kept query to the next: a batch of queries the set no longer takes costs
+    one matrix product, not a Python step per query."""
+    squared = kept.min_distances(images, norms).astype(np.float64)
+    distances = np.sqrt(squared)
+    position = 0
+    while position < len(images) and not kept.full:
+        above = np.flatnonzero(distances[position:] > kept.threshold)
+        if not len(above):
+            break
+        i = position + int(above[0])
+        kept.add(images[i], norms[i])
+        if np.isfinite(distances[i]):
+            kept.kept_distances.append(float(distances[i]))
+            values = np.asarray(kept.kept_distances)
+            kept.threshold = max(kept.threshold, float(values.mean() - values.std()))
+        else:  # the first query of its class starts the set, without a distance
+            distances[i] = np.nan
+        later = slice(i + 1, len(images))
+        within = norms[later] + norms[i] - 2 * (images[later] @ images[i])
+        squared[later] = np.minimum(squared[later], np.maximum(within, 0))
+        distances[later] = np.sqrt(squared[later])
+        position = i + 1
+    return distances
+
+
 @dataclass
 class ClientState:
     """What the service knows about one client's stream."""
@@ -111,53 +140,19 @@ class PradaMonitor:
         norms = (flat * flat).sum(1)
         labels = classes.numpy()
         state.flagged_ood += int(ood_flags.sum())
-        # Distances to what each class kept before this batch, for the whole batch at once; the
-        # queries within the batch are then compared in order, as PRADA processes a stream.
-        before = np.empty(len(flat), dtype=np.float32)
+        distances = np.empty(len(flat))
         for label in np.unique(labels):
             rows = np.flatnonzero(labels == label)
             kept = state.sets.setdefault(int(label), _GrowingSet(flat.shape[1], self.config.max_per_class))
-            before[rows] = kept.min_distances(flat[rows], norms[rows])
-        added: dict[int, list[int]] = {}
-        for i, label in enumerate(labels.tolist()):
-            kept = state.sets[label]
-            squared = before[i]
-            earlier = added.setdefault(label, [])
-            if earlier:
-                within = norms[i] + norms[earlier] - 2 * flat[earlier] @ flat[i]
-                squared = min(squared, float(np.maximum(within, 0).min()))
-            self._observe_one(state, kept, flat[i], norms[i], squared, earlier, i)
+            distances[rows] = _walk(kept, flat[rows], norms[rows])
+        recorded = distances[~np.isnan(distances)]  # in the order the queries came
+        state.queries += len(flat)
+        state.distance_count += len(recorded)
+        state.distances.extend(recorded.tolist())
+        del state.distances[: max(len(state.distances) - self.config.max_distances, 0)]
         self._test(state)
         self._escalate(state)
         return state
-
-    def _observe_one(
-        self,
-        state: ClientState,
-        kept: _GrowingSet,
-        image: np.ndarray,
-        norm: float,
-        squared: float,
-        earlier: list[int],
-        index: int,
-    ) -> None:
-        config = self.config
-        state.queries += 1
-        if not np.isfinite(squared):  # the first query of its class starts the set
-            kept.add(image, norm)
-            earlier.append(index)
-        else:
-            distance = float(np.sqrt(squared))
-            state.distances.append(distance)
-            state.distance_count += 1
-            if len(state.distances) > config.max_distances:
-                del state.distances[0]
-            if distance > kept.threshold and not kept.full:
-                kept.add(image, norm)
-                earlier.append(index)
-                kept.kept_distances.append(distance)
-                values = np.asarray(kept.kept_distances)
-                kept.threshold = max(kept.threshold, float(values.mean() - values.std()))
 
     def _test(self, state: ClientState) -> None:
         """The Shapiro-Wilk test, at most once per batch, once `test_every` new queries came in."""
