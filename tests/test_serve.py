@@ -276,7 +276,7 @@ def test_keys_are_never_logged_or_stored(service, key):
     assert key not in service.logs()
     with sqlite3.connect(service.db) as db:
         dump = "\n".join(db.iterdump())
-    assert key not in dump and key.split("_")[2] not in dump
+    assert key not in dump and key.split("_", 2)[2] not in dump  # the secret may hold "_" itself
 
 
 def _audit_count(service) -> int:
