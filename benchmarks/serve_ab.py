@@ -47,17 +47,16 @@ def serve_and_measure(
 ) -> dict[str, float]:
     """Start the revision's server (its code first on the path), measure, stop it."""
     name = uuid.uuid4().hex[:8]
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), previous]))
-    try:
-        server = start_server(
-            args.victim, root / f"{name}.db", root / f"{name}.log", "--defense", str(args.defense), threads=1
-        )
-    finally:
-        if previous is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = previous
+    path = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+    server = start_server(
+        args.victim,
+        root / f"{name}.db",
+        root / f"{name}.log",
+        "--defense",
+        str(args.defense),
+        threads=1,
+        env={"PYTHONPATH": path},
+    )
     try:
         store = KeyStore(Database(server.db))
         keys = [store.create(f"ab-{i}")[1] for i in range(9)]

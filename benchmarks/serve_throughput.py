@@ -45,6 +45,17 @@ def json_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": "application/json"}
 
 
+def summary(latencies: list[float], images: int, wall: float) -> dict:
+    """Images/s over the wall time, and the requests' latency quantiles."""
+    ordered = sorted(latencies)
+    return {
+        "images_per_s": images / wall,
+        "requests": len(latencies),
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+    }
+
+
 def measure(url: str, keys: list[str], images: np.ndarray, batch: int, encode, seconds: float, clients: int) -> dict:
     """Images/s and latency of `clients` threads sending `batch`-image requests for `seconds`.
 
@@ -88,14 +99,7 @@ def measure(url: str, keys: list[str], images: np.ndarray, batch: int, encode, s
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - start
-    ordered = sorted(latencies)
-    return {
-        "images_per_s": answered[0] / wall,
-        "requests": len(latencies),
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
-    }
+    return summary(latencies, answered[0], time.perf_counter() - start)
 
 
 def in_process(victim: Path, images: np.ndarray, batch: int, seconds: float, threads: int) -> dict:
@@ -118,14 +122,7 @@ def in_process(victim: Path, images: np.ndarray, batch: int, seconds: float, thr
         tick = time.perf_counter()
         oracle.query(chunk)
         latencies.append(time.perf_counter() - tick)
-    wall = time.perf_counter() - start
-    ordered = sorted(latencies)
-    return {
-        "images_per_s": batch * len(latencies) / wall,
-        "requests": len(latencies),
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
-    }
+    return summary(latencies, batch * len(latencies), time.perf_counter() - start)
 
 
 def main() -> None:

@@ -47,14 +47,15 @@ def start_server(
     threads: int = 1,
     port: int | None = None,
     ca: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """Start `mea serve` (its output goes to `log`) and return once /v2/health/ready answers.
 
     `port`: a given port (to restart a server where its clients expect it) instead of a free one;
     `ca`: the server speaks HTTPS (pass --ssl-certfile/--ssl-keyfile in `extra`) with a
-    certificate this CA bundle verifies."""
+    certificate this CA bundle verifies; `env`: variables set for the server beside this process's."""
     port = port or free_port()
-    env = {**os.environ, "CI": "true"}
+    env = {**os.environ, "CI": "true", **(env or {})}
     if data_dir is not None:
         env["MEA_DATA_DIR"] = str(data_dir)
     handle = log.open("a")
