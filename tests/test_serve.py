@@ -136,6 +136,14 @@ def test_authentication(service, key):
         capture_output=True,
     )
     assert httpx.post(f"{service.url}{INFER}", json=body(images), headers={"X-API-Key": revoked}).status_code == 401
+    # A key revoked right after a request (which the server remembers for a moment, to let the
+    # client's next request in without a database read) is refused at once.
+    busy = create_key(service.db, "--name", "busy")
+    with httpx.Client(base_url=service.url, headers={"X-API-Key": busy}) as client:
+        assert client.post(INFER, json=body(images)).status_code == 200
+        KeyStore(Database(service.db)).revoke(busy.split("_")[1])
+        refused = client.post(INFER, json=body(images))
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,9 @@ def test_processes_sharing_a_database_and_a_restart_keep_the_exact_detector_stat
 def test_quota_and_rate_are_checked_and_charged_in_one_transaction(victim, stream, tmp_path):
     service = Service(ServeConfig(db=tmp_path / "service.db", max_batch=50), victim)
     key = KeyStore(service.db).create("limited", quota=120, rate=10.0)[0]
+    examined: list[int] = []  # the batches that reached the model
+    examine = service.gate.examine
+    service.gate.examine = lambda images: examined.append(len(images)) or examine(images)
     first = service.infer(key, request(stream[0]), None)
     assert isinstance(first, Answered) and first.key.remaining == 70
     # The bucket held one full batch (50 images at 10/s): the next batch must wait about 5 s.
@@ -81,6 +84,7 @@ def test_quota_and_rate_are_checked_and_charged_in_one_transaction(victim, strea
     with service.db.write() as connection:
         assert connection.execute("SELECT used FROM api_keys WHERE id = ?", (key.id,)).fetchone()[0] == 50
         assert connection.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 1
+    assert examined == [50]  # a refused request never makes the server run the model
 
 
 def test_watermarked_answers_are_kept_as_evidence_bound_to_their_audit_rows(victim, defense_dir, data_dir, tmp_path):

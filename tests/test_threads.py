@@ -86,6 +86,7 @@ def test_a_busy_process_elsewhere_takes_a_core_from_the_pick(two_spinners, monke
 @linux_only
 def test_readjust_follows_the_load_only_where_the_count_was_chosen(two_spinners, monkeypatch):
     monkeypatch.delenv(threads.ENV_THREADS, raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)  # `apply` sets it: restored afterwards
     monkeypatch.setattr(threads, "_automatic", False)  # restored afterwards
     before = torch.get_num_threads()
     try:
@@ -112,3 +113,21 @@ def test_a_fixed_thread_count_reaches_every_sweep_worker(monkeypatch):
     assert threads.configured() == 1
     assert LocalBackend(workers=1).plan(5) == (1, 1)
     assert LocalBackend(workers=1, threads=3).plan(5) == (1, 3)  # an explicit count still wins
+
+
+@pytest.mark.skipif(threads.usable_cpus() < 2, reason="OpenBLAS runs one thread on one CPU anyway")
+def test_numpy_and_scipy_blas_get_one_thread_unless_the_environment_says_otherwise():
+    # numpy's OpenBLAS is loaded (with torch) before `apply`, scipy's after it: both are covered.
+    probe = (
+        "from mea import threads; threads.apply(1); import scipy.linalg; from threadpoolctl import threadpool_info; "
+        "print(sorted({pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas'}))"
+    )
+    env = {name: value for name, value in os.environ.items() if name not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+
+    def blas_threads(**extra: str) -> str:
+        done = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert blas_threads() == "[1]"
+    assert blas_threads(OPENBLAS_NUM_THREADS="2") == "[2]"  # the user's word stands

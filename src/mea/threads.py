@@ -6,7 +6,8 @@ it is allowed (affinity and cgroup CPU quota) minus the ones other processes are
 moment it starts, read from the kernel's count of runnable tasks, and looks again every so many
 training steps (`readjust`), so that a long run started alone makes room for one started after it.
 `--threads N` or MEA_THREADS=N fixes the count (a run is then repeatable bit for bit: floating-point
-sums depend on how the work is split).  Importing this module does not import torch.
+sums depend on how the work is split).  numpy's and scipy's BLAS get one thread (`quiet_blas`).
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 ENV_THREADS = "MEA_THREADS"
+_BLAS_THREADS = "OPENBLAS_NUM_THREADS"
 _PROC_SELF_TASKS = Path("/proc/self/task")
 _PROC_STAT = Path("/proc/stat")
 _CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
@@ -109,7 +111,24 @@ def apply(requested: int | None = None) -> int:
     import torch
 
     torch.set_num_threads(threads)
+    quiet_blas()
     return threads
+
+
+def quiet_blas() -> None:
+    """One thread for numpy's and scipy's OpenBLAS, unless OPENBLAS_NUM_THREADS says otherwise.
+
+    mea's parallel work is torch's; its numpy products (PRADA's distances, the watermark's cells)
+    are small, and OpenBLAS's idle workers spin: measured in `mea serve` at batch 256, a worker
+    took 13 ms of the second core per request for no gain in throughput, a core that torch or the
+    client beside it then lacks.  The variable covers BLAS libraries loaded from now on,
+    threadpoolctl the ones already loaded."""
+    if os.environ.get(_BLAS_THREADS):
+        return
+    os.environ[_BLAS_THREADS] = "1"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def readjust() -> None:

@@ -54,6 +54,22 @@ class Response:
     victim_labels: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Examination:
+    """A batch as the victim and the detector saw it, before any client's treatment.
+
+    images         (B, ...) the queries
+    probabilities  (B, classes) the victim's exact answers
+    scores         (B,) the detector's scores, or None where no detector looked
+    flags          (B,) bool: the detector flagged the query
+    """
+
+    images: torch.Tensor
+    probabilities: torch.Tensor
+    scores: torch.Tensor | None
+    flags: torch.Tensor
+
+
 class DefendedOracle(OracleWrapper):
     """Wraps an oracle with a detector and a response policy; answers in its own output mode."""
 
@@ -98,25 +114,31 @@ class DefendedOracle(OracleWrapper):
         how a service answers a client it already suspects.  No watermark here (it needs a client):
         see `respond`.
         """
-        response = self._respond(images, None, severity_floor)
+        response = self.treat(self.examine(images), None, severity_floor)
         return response.answers, response.flagged
 
     def respond(self, images: torch.Tensor, client: str = "", severity_floor: float = 0.0) -> Response:
         """Answer one client's batch: flagged rows (every row when `severity_floor` > 0) through the
         policy, a keyed fraction of the rest flipped for this client and the others runner-up
         marked (with a watermark), the output mode last."""
-        return self._respond(images, client, severity_floor)
+        return self.treat(self.examine(images), client, severity_floor)
 
-    def _respond(self, images: torch.Tensor, client: str | None, severity_floor: float) -> Response:
+    def examine(self, images: torch.Tensor) -> Examination:
+        """The victim's probabilities and the detector's verdict on a batch: everything that does
+        not depend on who asks, so that a service can run it before it takes the client's record."""
         probabilities, features = self._oracle.inspect(images, self._detector.layers)
         scores = self._detector.score(features)
-        flags = scores > self._detector.threshold
+        return Examination(images, probabilities, scores, scores > self._detector.threshold)
+
+    def treat(self, examined: Examination, client: str | None, severity_floor: float = 0.0) -> Response:
+        """`respond` after `examine`: the answers `client` gets (None: no watermark)."""
+        images, probabilities, flags = examined.images, examined.probabilities, examined.flags
         treated = torch.ones_like(flags) if severity_floor > 0 else flags
         victim_labels = probabilities.argmax(1)
         answers = probabilities
         if treated.any():
             answers = probabilities.clone()
-            severity = self._detector.severity(scores[treated]).clamp_min(severity_floor)
+            severity = self._detector.severity(examined.scores[treated]).clamp_min(severity_floor)
             answers[treated] = self._policy(probabilities[treated], images[treated], severity, self._secret)
         watermarked = torch.zeros_like(flags)
         if self.watermark is not None and client is not None and not treated.all():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mea.defenses.defended_oracle import DefendedOracle, Response
+from mea.defenses.defended_oracle import DefendedOracle, Examination, Response
 from mea.defenses.prada import REFUSED, SUSPECT, ClientState, PradaMonitor
 from mea.errors import ConfigError, Refused
 from mea.oracle import Oracle, OutputMode
@@ -40,15 +40,25 @@ class ClientGate:
         """Answer `client`, whose record is `state`, and add the batch to that record unless `observe`
         is off (a batch answered before, answered again).  A defended oracle watermarks the client's
         answers if it has a watermark.  The caller serialises one client's calls."""
+        return self.treat(client, state, self.examine(images), observe)
+
+    def examine(self, images: torch.Tensor) -> Examination:
+        """The part of `respond` that needs no client: the model's forward pass and the detector."""
+        if isinstance(self.oracle, DefendedOracle):
+            return self.oracle.examine(images)
+        answers = self.oracle.query(images)
+        return Examination(images, answers, None, torch.zeros(len(images), dtype=torch.bool))
+
+    def treat(self, client: str, state: ClientState, examined: Examination, observe: bool = True) -> Response:
+        """`respond` after `examine`."""
         if isinstance(self.oracle, DefendedOracle):
             suspect = state.level >= SUSPECT
-            response = self.oracle.respond(images, client, severity_floor=SUSPECT_SEVERITY if suspect else 0.0)
+            response = self.oracle.treat(examined, client, severity_floor=SUSPECT_SEVERITY if suspect else 0.0)
         else:
-            answers = self.oracle.query(images)
-            nothing = torch.zeros(len(images), dtype=torch.bool)
+            answers, nothing = examined.probabilities, examined.flags
             response = Response(answers, nothing, nothing, answers.argmax(1))
         if observe:
-            self.monitor.update(state, images, response.answers.argmax(1), response.flagged)
+            self.monitor.update(state, examined.images, response.answers.argmax(1), response.flagged)
         return response
 
     def answer(self, client: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ClientState]:

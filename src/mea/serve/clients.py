@@ -19,6 +19,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,8 @@ class _Cached:
     saved_sizes: dict[int, int] = field(default_factory=dict)  # kept queries per class already in the database
     saved_distances: int = 0  # state.distance_count when last saved or loaded
     saved_level: int = 0
-    chunks: list[tuple[int, int]] = field(default_factory=list)  # (row id, count) of the distance rows kept
+    chunks: deque[tuple[int, int]] = field(default_factory=deque)  # (row id, count) of the distance rows kept
+    chunked: int = 0  # the sum of `chunks`' counts, kept as they come and go (a batch of one adds a row)
 
 
 class ClientRecords:
@@ -80,6 +82,7 @@ class ClientRecords:
         ):
             state.distances.extend(np.frombuffer(data, dtype=np.float64).tolist())
             cached.chunks.append((rowid, count))
+            cached.chunked += count
             cached.distances_rowid = rowid
         del state.distances[: max(len(state.distances) - self.config.max_distances, 0)]
         cached.version, cached.saved_distances, cached.saved_level = version, state.distance_count, state.level
@@ -110,6 +113,7 @@ class ClientRecords:
             )
             cached.distances_rowid = int(cursor.lastrowid)
             cached.chunks.append((cached.distances_rowid, new))
+            cached.chunked += new
             self._drop_old_distances(connection, key_id, cached)
         since_clause = ", level_since = excluded.level_since" if state.level != cached.saved_level else ""
         version = cached.version + 1
@@ -138,11 +142,10 @@ class ClientRecords:
 
     def _drop_old_distances(self, connection: sqlite3.Connection, key_id: str, cached: _Cached) -> None:
         """Delete distance rows no longer needed to rebuild the latest `max_distances`."""
-        total = sum(count for _, count in cached.chunks)
         stale = []
-        while cached.chunks and total - cached.chunks[0][1] >= self.config.max_distances:
-            rowid, count = cached.chunks.pop(0)
-            total -= count
+        while cached.chunks and cached.chunked - cached.chunks[0][1] >= self.config.max_distances:
+            rowid, count = cached.chunks.popleft()
+            cached.chunked -= count
             stale.append((key_id, rowid))
         if stale:
             connection.executemany("DELETE FROM prada_distances WHERE key_id = ? AND id = ?", stale)

@@ -18,7 +18,6 @@ server's processes (`--workers`) answers it with the same view.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import tempfile
@@ -35,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from mea.errors import ArtifactError, ConfigError
 from mea.serve import operations
 from mea.serve.db import Database
-from mea.serve.keys import ApiKey, KeyStore
+from mea.serve.keys import ApiKey, KeyStore, token_digest
 
 COOKIE = "mea_console"
 CSRF_HEADER = "X-CSRF-Token"
@@ -47,10 +46,6 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 class Sessions:
@@ -67,7 +62,7 @@ class Sessions:
             connection.execute("DELETE FROM console_sessions WHERE expires < ?", (now,))
             connection.execute(
                 "INSERT INTO console_sessions (digest, key_id, csrf, expires) VALUES (?, ?, ?, ?)",
-                (_digest(token), key.id, csrf, now + SESSION_S),
+                (token_digest(token), key.id, csrf, now + SESSION_S),
             )
         return token, csrf
 
@@ -77,7 +72,7 @@ class Sessions:
             return None
         row = (
             self.db.read()
-            .execute("SELECT key_id, csrf, expires FROM console_sessions WHERE digest = ?", (_digest(token),))
+            .execute("SELECT key_id, csrf, expires FROM console_sessions WHERE digest = ?", (token_digest(token),))
             .fetchone()
         )
         if row is None or row[2] < time.time():
@@ -89,7 +84,7 @@ class Sessions:
 
     def close(self, token: str) -> None:
         with self.db.write() as connection:
-            connection.execute("DELETE FROM console_sessions WHERE digest = ?", (_digest(token),))
+            connection.execute("DELETE FROM console_sessions WHERE digest = ?", (token_digest(token),))
 
 
 def console_router(db: Database, keys: KeyStore, prada, token_of) -> APIRouter:

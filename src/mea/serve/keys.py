@@ -71,7 +71,8 @@ class QuotaExceeded(Exception):
         self.asked = asked
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """What the database keeps of a secret token (keys, console sessions): its SHA-256."""
     return hashlib.sha256(token.encode()).digest()
 
 
@@ -114,12 +115,16 @@ class KeyStore:
             connection.execute(
                 "INSERT INTO api_keys (id, name, digest, quota, rate, output, created, admin) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key_id, name, _digest(token), quota, rate, output, created, int(admin)),
+                (key_id, name, token_digest(token), quota, rate, output, created, int(admin)),
             )
         return ApiKey(key_id, name, quota, 0, rate, output, False, created, admin), token
 
     def find(self, key_id: str) -> ApiKey | None:
-        row = self.db.read().execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return self.find_in(self.db.read(), key_id)
+
+    @staticmethod
+    def find_in(connection: sqlite3.Connection, key_id: str) -> ApiKey | None:
+        row = connection.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         return None if row is None else _row(row)
 
     def list(self) -> list[ApiKey]:
@@ -157,7 +162,7 @@ class KeyStore:
         key_id = match.group(1) if match else ""
         row = self.db.read().execute(f"SELECT {_COLUMNS}, digest FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         stored = row[-1] if row else _DUMMY_DIGEST
-        valid = hmac.compare_digest(stored, _digest(token or ""))
+        valid = hmac.compare_digest(stored, token_digest(token or ""))
         if not (valid and match and row):
             return None
         key = _row(row[:-1])

@@ -6,8 +6,10 @@ An inference request is answered in one database transaction under the service's
 checked, the victim answers (through the defense, at the severity the client's state calls for),
 the client's state is updated, and the quota charge, the new state and the audit row commit
 together before the answer leaves.  A request that fails anywhere (a model error included) rolls
-back whole: nothing is charged for an answer that was never given.  The lock also runs the model
-one batch at a time, which is what two cores do best anyway.
+back whole: nothing is charged for an answer that was never given.  The victim's forward pass and
+the detector's scores, which depend on no client, run just before the transaction under a lock of
+their own (one batch at a time through the model, which is what two cores do best), so that one
+request's forward pass overlaps the previous one's bookkeeping.
 
 A request may carry an idempotency key.  A retry of an answered request with the same key and the
 same images is answered again (the same keyed answer: nothing is learned by retrying) without
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,7 +36,7 @@ from mea.ownership.evidence import EvidenceStore
 from mea.serve import audit, metrics
 from mea.serve.clients import ClientRecords
 from mea.serve.db import Database
-from mea.serve.keys import ApiKey, KeyRevoked, KeyStore, QuotaExceeded, RateLimited
+from mea.serve.keys import ApiKey, KeyRevoked, KeyStore, QuotaExceeded, RateLimited, token_digest
 from mea.serve.protocol import InferRequest, InputLayout, body_limit
 from mea.serve.ratelimit import TokenBuckets
 from mea.victim import Victim
@@ -42,6 +45,8 @@ logger = logging.getLogger("mea.serve")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_TTL_S = 600.0
+# How long a key that passed the lookup is taken as valid without reading the database again.
+RECENT_KEY_S = 1.0
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 SUSPENDED = "this API key is suspended; contact the service operator"
 
@@ -70,11 +75,33 @@ class Refusal:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class _RecentKeys:
+    """Inference keys that passed `Service.lookup` (valid, not revoked, not suspended) in the last
+    `RECENT_KEY_S`, by their token's digest: a busy client's next request is let in on the event
+    loop, without a trip to the thread pool.  Staleness costs no guarantee: revocation and
+    suspension are checked again inside the request's transaction (`Service.infer`), so a key
+    revoked within the window has at most its body read before its 401."""
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, tuple[ApiKey, float]] = {}
+
+    def get(self, token: str) -> ApiKey | None:
+        found = self._keys.get(token_digest(token))
+        return found[0] if found is not None and found[1] > time.monotonic() else None
+
+    def put(self, token: str, key: ApiKey) -> None:
+        now = time.monotonic()
+        if len(self._keys) >= 1024:  # one entry per key in use: drop those that lapsed
+            self._keys = {digest: entry for digest, entry in self._keys.items() if entry[1] > now}
+        self._keys[token_digest(token)] = (key, now + RECENT_KEY_S)
+
+
 class Service:
     def __init__(self, config: ServeConfig, victim: Victim, defense: Defense | None = None) -> None:
         self.config = config
         self.db = Database(config.db, shared=config.shared_db)
         self.keys = KeyStore(self.db)
+        self._recent = _RecentKeys()
         self.rejected = audit.RejectCounter(self.db)
         self.refusals = TokenBuckets(config.refusals_per_s, config.refusals_burst)
         self.monitor = PradaMonitor(config.prada)
@@ -83,6 +110,7 @@ class Service:
         self.clients = ClientRecords(config.prada, self.layout.pixels)
         oracle = defense.oracle(victim) if defense is not None else VictimOracle(victim.model)
         self.gate = ClientGate(oracle, self.monitor)
+        self._model = threading.Lock()  # one batch at a time through the model: its threads are the machine's
         self.evidence = None
         if defense is not None and defense.watermark is not None:
             with self.db.write() as connection:
@@ -92,6 +120,21 @@ class Service:
 
     def authenticate(self, token: str | None) -> ApiKey | None:
         return self.keys.authenticate(token)
+
+    def recently_admitted(self, token: str | None) -> ApiKey | None:
+        """The inference key of `token` if `lookup` let it in moments ago; None means: look it up.
+        Touches no database, so the event loop may call it."""
+        return None if token is None else self._recent.get(token)
+
+    def lookup(self, token: str | None) -> tuple[ApiKey | None, bool]:
+        """(the token's key or None, whether that inference key's client is suspended)."""
+        key = self.authenticate(token)
+        if key is None or key.admin:
+            return key, False
+        suspended = self.suspended(key.id)
+        if not suspended:
+            self._recent.put(token, key)
+        return key, suspended
 
     def suspended(self, key_id: str) -> bool:
         row = self.db.read().execute("SELECT level FROM client_state WHERE key_id = ?", (key_id,)).fetchone()
@@ -131,6 +174,20 @@ class Service:
         output = parse_output(key.output or self.config.output)
         now = time.time()
         try:
+            # The model and the detector need no client record: they run before the transaction, so
+            # that one request's forward pass overlaps another's bookkeeping.  A request its quota or
+            # rate limit refuses is refused first (read only; the transaction checks again), so that
+            # it cannot make the server run the model; a retry of an answered request is never refused.
+            reads = self.db.read()
+            if (
+                idempotency_key is None
+                or not reads.execute(
+                    "SELECT 1 FROM idempotency WHERE key_id = ? AND token = ?", (key.id, idempotency_key)
+                ).fetchone()
+            ):
+                KeyStore.admit(reads, key.id, batch, self.config.max_batch, now)
+            with self._model:
+                examined = self.gate.examine(images)
             with self.db.write() as connection:
                 state = self.clients.load(connection, key.id)
                 if state.level >= REFUSED:
@@ -148,7 +205,7 @@ class Service:
                             )
                         # The same keyed answers (watermark included) as the first time; its evidence
                         # was recorded then.
-                        response = self.gate.respond(key.id, state, images, observe=False)
+                        response = self.gate.treat(key.id, state, examined, observe=False)
                         answers, flags = response.answers, response.flagged
                         audit.record(
                             connection,
@@ -162,9 +219,11 @@ class Service:
                             latency_ms=_since(started),
                         )
                         metrics.count_answer(connection, batch, int(flags.sum()), _since(started) / 1000, replay=True)
+                        # The key as it stands now (the caller's copy may be a moment old): its quota.
+                        key = KeyStore.find_in(connection, key.id) or key
                         return Answered(output(answers), key, replayed=True)
                 admitted = KeyStore.admit(connection, key.id, batch, self.config.max_batch, now)
-                response = self.gate.respond(key.id, state, images)
+                response = self.gate.treat(key.id, state, examined)
                 answers, flags = response.answers, response.flagged
                 self.clients.save(connection, key.id, state)
                 if state.level >= REFUSED:
@@ -234,6 +293,10 @@ class Service:
         connection.execute("DELETE FROM idempotency WHERE created < ?", (now - IDEMPOTENCY_TTL_S,))
 
     def start(self) -> None:
+        # One blank image through the model and the detector before the first client: the
+        # detector's compiled kernels load now (about a second), not in a client's request.
+        with self._model:
+            self.gate.examine(torch.zeros(1, *self.layout.image_shape))
         self.rejected.start()
 
     def close(self) -> None:
