@@ -953,6 +953,34 @@ def readme_serve_throughput(results: Results) -> str:
     )
 
 
+def readme_serve_ab(results: Results) -> str:
+    """Two revisions of the defended server measured in turns in one run (benchmarks.serve_ab)."""
+    record = results["serve_ab.json"]
+    rows = {(r["role"], r["batch"]): r for r in record["rows"]}
+    baseline, candidate = rows[("baseline", 256)]["revision"], rows[("candidate", 256)]["revision"]
+    lines = []
+    for batch in sorted({batch for _, batch in rows}, reverse=True):
+        before, after = rows[("baseline", batch)], rows[("candidate", batch)]
+        lines.append(
+            [
+                f"batch {batch}",
+                f"{count(before['images_per_s'])} images/s, p50 {before['p50_ms']:.1f} ms",
+                f"{count(after['images_per_s'])} images/s, p50 {after['p50_ms']:.1f} ms",
+                f"{after['images_per_s'] / before['images_per_s']:.2f}x",
+            ]
+        )
+    return "\n".join(
+        [
+            f"The defended server at two revisions, served in turns in one run ({record['clients']} client "
+            f"threads, binary FP32, {len(rows[('baseline', 256)]['samples'])} rounds each, the median):",
+            "",
+            table(["", f"before ({baseline})", f"after ({candidate})", "throughput"], lines),
+            "",
+            source(record["provenance"], "`benchmarks/results/serve_ab.json`", timed=True),
+        ]
+    )
+
+
 def readme_detector_overhead(results: Results) -> str:
     record = results["detector_overhead.json"]
     runs = record["runs"]
@@ -1844,6 +1872,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "in-distribution": readme_in_distribution,
     "prada": readme_prada,
     "serve-throughput": readme_serve_throughput,
+    "serve-ab": readme_serve_ab,
     "detector-overhead": readme_detector_overhead,
     "load-fault": readme_load_fault,
     "ownership": readme_ownership,

@@ -42,6 +42,16 @@ def source_tree(revision: str, root: Path) -> Path:
     return out / "src"
 
 
+def resolve(revision: str) -> str:
+    """A revision's short commit hash (so that "HEAD" in a results file still names a commit later)."""
+    if revision == "WORKTREE":
+        return revision
+    done = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: {revision!r} is not a git revision here; give a commit, tag or branch")
+    return done.stdout.strip()
+
+
 def serve_and_measure(
     src: Path, args: argparse.Namespace, images: np.ndarray, batch: int, root: Path
 ) -> dict[str, float]:
@@ -80,7 +90,7 @@ def main() -> None:
     provenance = Provenance()
     images = np.concatenate([load("mnist", part).images.numpy() for part in ("test", "train")])
     root = Path(tempfile.mkdtemp(prefix="mea-serve-ab-"))
-    revisions = {"baseline": args.baseline, "candidate": args.candidate}
+    revisions = {"baseline": resolve(args.baseline), "candidate": resolve(args.candidate)}
     trees = {role: source_tree(revision, root) for role, revision in revisions.items()}
     samples: dict[tuple[str, int], list[dict]] = {}
     for round_ in range(args.rounds):
