@@ -95,6 +95,10 @@ class _RecentKeys:
             self._keys = {digest: entry for digest, entry in self._keys.items() if entry[1] > now}
         self._keys[token_digest(token)] = (key, now + RECENT_KEY_S)
 
+    def drop(self, key_id: str) -> None:
+        """Forget a key that was just refused as revoked or suspended: its next request is looked up."""
+        self._keys = {digest: entry for digest, entry in self._keys.items() if entry[0].id != key_id}
+
 
 class Service:
     def __init__(self, config: ServeConfig, victim: Victim, defense: Defense | None = None) -> None:
@@ -191,6 +195,7 @@ class Service:
             with self.db.write() as connection:
                 state = self.clients.load(connection, key.id)
                 if state.level >= REFUSED:
+                    self._recent.drop(key.id)
                     return Refusal(403, SUSPENDED)
                 if idempotency_key is not None:
                     earlier = connection.execute(
@@ -229,6 +234,7 @@ class Service:
                 if state.level >= REFUSED:
                     # The stream crossed the line with this very batch: it is not answered nor charged,
                     # and what the detector learned from it is kept.
+                    self._recent.drop(key.id)
                     return Refusal(403, SUSPENDED)
                 key = KeyStore.charge(connection, admitted, batch, now)
                 audit_id = audit.record(
@@ -262,6 +268,7 @@ class Service:
         except RateLimited as exc:
             return Refusal(429, f"{exc}", {"Retry-After": exc.retry_after})
         except KeyRevoked:
+            self._recent.drop(key.id)
             return Refusal(401, "this API key was revoked", {"WWW-Authenticate": "Bearer"})
         except Exception:
             # Not the client's doing: log it, record it, charge nothing (the transaction rolled back).
