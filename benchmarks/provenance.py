@@ -30,7 +30,9 @@ def load_average() -> float | None:
 
 
 def git_revision() -> dict:
-    """The commit the code was run from, and whether the working tree differed from it."""
+    """The commit the code was run from, and whether the working tree's code differed from it
+    (results files and Markdown do not count: other benchmarks and the README change them while a
+    measurement runs, which says nothing about the code measured)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -38,7 +40,9 @@ def git_revision() -> dict:
         ).stdout.strip()
 
     revision = git("rev-parse", "HEAD")
-    return {"commit": revision or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    code = [path for path in changed if not path.startswith("benchmarks/results/") and not path.endswith(".md")]
+    return {"commit": revision or None, "dirty": bool(code)}
 
 
 def machine() -> dict:
@@ -72,6 +76,7 @@ class Provenance:
             [_module_name(sys.argv[0]), *(shlex.quote(a) for a in sys.argv[1:])]
         )
         self.started = datetime.now(UTC)
+        self.revision = git_revision()  # the code as the measurement starts
         self.load_start = load_average()
         self._clock = time.perf_counter()
 
@@ -79,7 +84,7 @@ class Provenance:
         return {
             "command": self.command,
             "date": self.started.strftime("%Y-%m-%d %H:%M UTC"),
-            "revision": git_revision(),
+            "revision": self.revision,
             "machine": machine(),
             "load_average_1min": {"start": self.load_start, "end": load_average()},
             "wall_s": time.perf_counter() - self._clock,
