@@ -10,9 +10,10 @@ import torch
 from mea.config import ServeConfig
 from mea.data import load
 from mea.defenses.gate import ClientGate
-from mea.defenses.prada import ClientState, PradaMonitor
+from mea.defenses.prada import REFUSED, ClientState, PradaMonitor
 from mea.defenses.store import load_defense
 from mea.ownership.evidence import load_evidence
+from mea.serve.clients import ClientRecords
 from mea.serve.keys import KeyStore
 from mea.serve.protocol import InferRequest
 from mea.serve.service import Answered, Refusal, Service
@@ -85,6 +86,25 @@ def test_quota_and_rate_are_checked_and_charged_in_one_transaction(victim, strea
         assert connection.execute("SELECT used FROM api_keys WHERE id = ?", (key.id,)).fetchone()[0] == 50
         assert connection.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 1
     assert examined == [50]  # a refused request never makes the server run the model
+
+
+def test_a_reused_idempotency_key_or_a_suspended_client_never_reaches_the_model(victim, stream, tmp_path):
+    service = Service(ServeConfig(db=tmp_path / "service.db", max_batch=50), victim)
+    key = KeyStore(service.db).create("spent", quota=50)[0]
+    examined: list[int] = []  # the batches that reached the model
+    examine = service.gate.examine
+    service.gate.examine = lambda images: examined.append(len(images)) or examine(images)
+    assert isinstance(service.infer(key, request(stream[0]), "first"), Answered)
+    # The quota is spent: a retry is answered again, uncharged; the same key with other images is not.
+    again = service.infer(key, request(stream[0]), "first")
+    assert isinstance(again, Answered) and again.replayed and again.key.remaining == 0
+    reused = service.infer(key, request(stream[1]), "first")
+    assert isinstance(reused, Refusal) and reused.status == 422
+    with service.db.write() as connection:
+        ClientRecords.set_level(connection, key.id, REFUSED)  # the operator suspends the client
+    suspended = service.infer(key, request(stream[0]), "first")
+    assert isinstance(suspended, Refusal) and suspended.status == 403
+    assert examined == [50, 50]  # the answer and its replay
 
 
 def test_watermarked_answers_are_kept_as_evidence_bound_to_their_audit_rows(victim, defense_dir, data_dir, tmp_path):

@@ -120,7 +120,8 @@ def test_numpy_and_scipy_blas_get_one_thread_unless_the_environment_says_otherwi
     # numpy's OpenBLAS is loaded (with torch) before `apply`, scipy's after it: both are covered.
     probe = (
         "from mea import threads; threads.apply(1); import scipy.linalg; from threadpoolctl import threadpool_info; "
-        "print(sorted({pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas'}))"
+        "print(sorted({pool['num_threads'] for pool in threadpool_info() if pool['internal_api'] == 'openblas' "
+        "and ('numpy' in pool['filepath'] or 'scipy' in pool['filepath'])}))"
     )
     env = {name: value for name, value in os.environ.items() if name not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
 
@@ -129,5 +130,8 @@ def test_numpy_and_scipy_blas_get_one_thread_unless_the_environment_says_otherwi
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    assert blas_threads() == "[1]"
+    quiet = blas_threads()
+    if quiet == "[]":
+        pytest.skip("numpy and scipy use no OpenBLAS here (MKL builds)")
+    assert quiet == "[1]"
     assert blas_threads(OPENBLAS_NUM_THREADS="2") == "[2]"  # the user's word stands

@@ -121,14 +121,17 @@ def quiet_blas() -> None:
     mea's parallel work is torch's; its numpy products (PRADA's distances, the watermark's cells)
     are small, and OpenBLAS's idle workers spin: measured in `mea serve` at batch 256, a worker
     took 13 ms of the second core per request for no gain in throughput, a core that torch or the
-    client beside it then lacks.  The variable covers BLAS libraries loaded from now on,
-    threadpoolctl the ones already loaded."""
+    client beside it then lacks.  The variable covers the OpenBLAS copies loaded from now on (and
+    child processes), threadpoolctl the ones numpy and scipy already loaded; torch's own BLAS is
+    left alone."""
     if os.environ.get(_BLAS_THREADS):
         return
     os.environ[_BLAS_THREADS] = "1"
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 
-    threadpool_limits(1, user_api="blas")
+    for library in ThreadpoolController().lib_controllers:
+        if library.internal_api == "openblas" and any(name in library.filepath for name in ("numpy", "scipy")):
+            library.set_num_threads(1)
 
 
 def readjust() -> None:

@@ -40,7 +40,7 @@ from mea.serve.protocol import (
     max_request_values,
     parse_infer_request,
 )
-from mea.serve.service import IDEMPOTENCY_HEADER, Answered, Refusal, Service, body_limit_of
+from mea.serve.service import IDEMPOTENCY_HEADER, SUSPENDED, Answered, Refusal, Service, body_limit_of
 
 __all__ = ["ServeConfig", "create_app"]
 
@@ -218,7 +218,7 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
             message = "an administrator's key opens the console, not inference; send an inference key"
             return refused(request, key.id, "infer", Refusal(403, message))
         if suspended:
-            return refused(request, key.id, "infer", Refusal(403, "this API key is suspended; contact the operator"))
+            return refused(request, key.id, "infer", Refusal(403, SUSPENDED))
         header = request.headers.get("inference-header-content-length")
         limit = body_limit_of(config, header is not None, service.layout)
         try:

@@ -55,6 +55,14 @@ def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+def _reused(idempotency_key: str) -> Refusal:
+    return Refusal(
+        422,
+        f"{IDEMPOTENCY_HEADER} {idempotency_key!r} was used for a different request; "
+        "send a new key with every new request",
+    )
+
+
 def body_limit_of(config: ServeConfig, binary: bool, layout: InputLayout) -> int:
     """The request body limit: derived from the largest batch, or the configured one if smaller."""
     derived = body_limit(config.max_batch, binary, layout)
@@ -84,20 +92,24 @@ class _RecentKeys:
 
     def __init__(self) -> None:
         self._keys: dict[bytes, tuple[ApiKey, float]] = {}
+        self._lock = threading.Lock()  # the event loop reads, thread-pool threads add and drop
 
     def get(self, token: str) -> ApiKey | None:
-        found = self._keys.get(token_digest(token))
+        with self._lock:
+            found = self._keys.get(token_digest(token))
         return found[0] if found is not None and found[1] > time.monotonic() else None
 
     def put(self, token: str, key: ApiKey) -> None:
         now = time.monotonic()
-        if len(self._keys) >= 1024:  # one entry per key in use: drop those that lapsed
-            self._keys = {digest: entry for digest, entry in self._keys.items() if entry[1] > now}
-        self._keys[token_digest(token)] = (key, now + RECENT_KEY_S)
+        with self._lock:
+            if len(self._keys) >= 1024:  # one entry per key in use: drop those that lapsed
+                self._keys = {digest: entry for digest, entry in self._keys.items() if entry[1] > now}
+            self._keys[token_digest(token)] = (key, now + RECENT_KEY_S)
 
     def drop(self, key_id: str) -> None:
         """Forget a key that was just refused as revoked or suspended: its next request is looked up."""
-        self._keys = {digest: entry for digest, entry in self._keys.items() if entry[0].id != key_id}
+        with self._lock:
+            self._keys = {digest: entry for digest, entry in self._keys.items() if entry[0].id != key_id}
 
 
 class Service:
@@ -176,23 +188,16 @@ class Service:
         images, batch = request.images, len(request.images)
         digest = hashlib.sha256(request.raw).hexdigest()
         output = parse_output(key.output or self.config.output)
-        now = time.time()
         try:
             # The model and the detector need no client record: they run before the transaction, so
-            # that one request's forward pass overlaps another's bookkeeping.  A request its quota or
-            # rate limit refuses is refused first (read only; the transaction checks again), so that
-            # it cannot make the server run the model; a retry of an answered request is never refused.
-            reads = self.db.read()
-            if (
-                idempotency_key is None
-                or not reads.execute(
-                    "SELECT 1 FROM idempotency WHERE key_id = ? AND token = ?", (key.id, idempotency_key)
-                ).fetchone()
-            ):
-                KeyStore.admit(reads, key.id, batch, self.config.max_batch, now)
+            # that one request's forward pass overlaps another's bookkeeping.  What the transaction
+            # would refuse without the model is refused first, so that it never runs the model.
+            if (early := self._refused_early(key, batch, digest, idempotency_key)) is not None:
+                return early
             with self._model:
                 examined = self.gate.examine(images)
             with self.db.write() as connection:
+                now = time.time()  # read after the waits for the locks: the commits keep its order
                 state = self.clients.load(connection, key.id)
                 if state.level >= REFUSED:
                     self._recent.drop(key.id)
@@ -203,11 +208,7 @@ class Service:
                     ).fetchone()
                     if earlier is not None:
                         if earlier[0] != digest:
-                            return Refusal(
-                                422,
-                                f"{IDEMPOTENCY_HEADER} {idempotency_key!r} was used for a different request; "
-                                "send a new key with every new request",
-                            )
+                            return _reused(idempotency_key)
                         # The same keyed answers (watermark included) as the first time; its evidence
                         # was recorded then.
                         response = self.gate.treat(key.id, state, examined, observe=False)
@@ -289,6 +290,24 @@ class Service:
                 metrics.count(connection, "requests", label="500")
             return Refusal(500, "the model failed on this request; it was not charged; retry or tell the operator")
         return Answered(output(answers), key)
+
+    def _refused_early(self, key: ApiKey, batch: int, digest: str, idempotency_key: str | None) -> Refusal | None:
+        """What the request's transaction would refuse before the model is needed, checked on a
+        read connection (the transaction checks all of it again): a suspended client, an idempotency
+        key reused for other images, a spent quota or rate limit (raised as `KeyStore.admit` does).
+        A retry of an answered request passes: it is answered again without a charge."""
+        if self.suspended(key.id):
+            self._recent.drop(key.id)
+            return Refusal(403, SUSPENDED)
+        reads = self.db.read()
+        if idempotency_key is not None:
+            earlier = reads.execute(
+                "SELECT digest FROM idempotency WHERE key_id = ? AND token = ?", (key.id, idempotency_key)
+            ).fetchone()
+            if earlier is not None:
+                return None if earlier[0] == digest else _reused(idempotency_key)
+        KeyStore.admit(reads, key.id, batch, self.config.max_batch, time.time())
+        return None
 
     def metadata_seen(self, key: ApiKey) -> None:
         """A keyed metadata request is part of a client's record: one audit row."""
