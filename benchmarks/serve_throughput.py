@@ -5,7 +5,8 @@ same way HttpOracle does (OIP v2 with binary FP32 tensors) and, for comparison, 
 reports images/s and per-request p50/p99 latency at batch 1 and batch 256.  Client and server share
 this machine's cores, as they would in any single-host measurement.  The in-process oracle (the
 victim behind `VictimOracle`, no server, as many torch threads as the server) is measured in the
-same run on the same images: the server's rate is judged against the model's own.
+same run on the same images, in turns with the servers (this machine's speed drifts by a quarter
+within minutes): the server's rate is judged against the model's own, like for like.
 
     python -m benchmarks.serve_throughput --victim DIR --defense DIR
 """
@@ -158,25 +159,23 @@ def main() -> None:
 
     rows = []
     try:
-        for batch in (1, 256):
-            samples = [in_process(args.victim, images, batch, args.seconds, args.threads) for _ in range(args.rounds)]
-            result = {key: statistics.median(s[key] for s in samples) for key in ("images_per_s", "p50_ms", "p99_ms")}
-            rows.append({"defense": None, "encoding": "in-process", "batch": batch, "server_threads": args.threads,
-                         **result})  # fmt: skip
-            print(f"in-process oracle, batch {batch:3d}: {result['images_per_s']:8.0f} images/s, "
-                  f"p50 {result['p50_ms']:6.2f} ms", flush=True)  # fmt: skip
         for encoding, encode in (("binary", binary_infer_request), ("json", json_request)):
             for batch in (1, 256):
-                samples: dict[bool, list[dict]] = {False: [], True: []}
+                # None: the in-process oracle, measured in the binary rounds (its reference).
+                contenders: list[bool | None] = [None, False, True] if encoding == "binary" else [False, True]
+                samples: dict[bool | None, list[dict]] = {contender: [] for contender in contenders}
                 for defended in (False, True):  # warm-up
                     measure(servers[defended].url, fresh_keys(defended, 1), images, batch, encode, 1.0, 1)
-                # The two servers take turns, so that a slower spell of a shared machine hits both.
+                # The servers and the in-process oracle take turns, so that a slower spell of a shared
+                # machine hits all of them, and the server's share of the model's rate is like for like.
                 for _ in range(args.rounds):
-                    for defended in (False, True):
-                        samples[defended].append(
-                            measure(
-                                servers[defended].url,
-                                fresh_keys(defended, 8),
+                    for contender in contenders:
+                        samples[contender].append(
+                            in_process(args.victim, images, batch, args.seconds, args.threads)
+                            if contender is None
+                            else measure(
+                                servers[contender].url,
+                                fresh_keys(contender, 8),
                                 images,
                                 batch,
                                 encode,
@@ -184,24 +183,24 @@ def main() -> None:
                                 args.clients,
                             )
                         )
-                for defended in (False, True):
+                for contender in contenders:
                     result = {
-                        key: statistics.median(s[key] for s in samples[defended])
+                        key: statistics.median(s[key] for s in samples[contender])
                         for key in ("images_per_s", "p50_ms", "p99_ms")
                     }
                     rows.append(
                         {
-                            "defense": defended,
-                            "encoding": encoding,
+                            "defense": contender,
+                            "encoding": "in-process" if contender is None else encoding,
                             "batch": batch,
                             "server_threads": args.threads,
                             **result,
                         }
                     )
+                    name = "in-process oracle" if contender is None else f"defense {'on ' if contender else 'off'}"
                     print(
-                        f"defense {'on ' if defended else 'off'} {encoding:6s} batch {batch:3d}: "
-                        f"{result['images_per_s']:8.0f} images/s, p50 {result['p50_ms']:6.1f} ms, "
-                        f"p99 {result['p99_ms']:6.1f} ms",
+                        f"{name:17s} {encoding:6s} batch {batch:3d}: {result['images_per_s']:8.0f} images/s, "
+                        f"p50 {result['p50_ms']:6.2f} ms, p99 {result['p99_ms']:6.2f} ms",
                         flush=True,
                     )
     finally:
