@@ -925,7 +925,15 @@ def readme_serve_throughput(results: Results) -> str:
     off, on = cell(False, "binary", 256), cell(True, "binary", 256)
     cost = 1 - on["images_per_s"] / off["images_per_s"]
     findings = [f"The defense's measured cost at batch 256 (binary): {cost:+.0%} of throughput."]
-    if model[0] is not None:
+    if "share_of_in_process" in on:
+        rounds = on["share_of_in_process"]["rounds"]
+        findings.append(
+            f"Served with the defense, binary batch 256 runs at {on['share_of_in_process']['median']:.0%} of the "
+            f"in-process oracle's rate (the median over {len(rounds)} rounds, each against the in-process round "
+            f"measured beside it: {', '.join(f'{share:.0%}' for share in rounds)}; undefended: "
+            f"{off['share_of_in_process']['median']:.0%})."
+        )
+    elif model[0] is not None:
         findings.append(
             f"Served with the defense, binary batch 256 runs at {on['images_per_s'] / model[0]['images_per_s']:.0%} "
             f"of the in-process oracle's rate measured in the same run (undefended: "

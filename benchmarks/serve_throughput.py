@@ -188,6 +188,13 @@ def main() -> None:
                         key: statistics.median(s[key] for s in samples[contender])
                         for key in ("images_per_s", "p50_ms", "p99_ms")
                     }
+                    if contender is not None and None in samples:
+                        # Each round's server against the in-process round beside it: drift cancels.
+                        shares = [
+                            served["images_per_s"] / model["images_per_s"]
+                            for served, model in zip(samples[contender], samples[None], strict=True)
+                        ]
+                        result["share_of_in_process"] = {"median": statistics.median(shares), "rounds": shares}
                     rows.append(
                         {
                             "defense": contender,
