@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,14 @@ SUSPENDED = "this API key is suspended; contact the service operator"
 
 def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _answered_digest(connection: sqlite3.Connection, key_id: str, idempotency_key: str) -> str | None:
+    """The input digest of the request answered under this idempotency key, if one was."""
+    row = connection.execute(
+        "SELECT digest FROM idempotency WHERE key_id = ? AND token = ?", (key_id, idempotency_key)
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def _reused(idempotency_key: str) -> Refusal:
@@ -95,16 +104,17 @@ class _RecentKeys:
         self._lock = threading.Lock()  # the event loop reads, thread-pool threads add and drop
 
     def get(self, token: str) -> ApiKey | None:
+        digest = token_digest(token)
         with self._lock:
-            found = self._keys.get(token_digest(token))
+            found = self._keys.get(digest)
         return found[0] if found is not None and found[1] > time.monotonic() else None
 
     def put(self, token: str, key: ApiKey) -> None:
-        now = time.monotonic()
+        digest, now = token_digest(token), time.monotonic()
         with self._lock:
             if len(self._keys) >= 1024:  # one entry per key in use: drop those that lapsed
-                self._keys = {digest: entry for digest, entry in self._keys.items() if entry[1] > now}
-            self._keys[token_digest(token)] = (key, now + RECENT_KEY_S)
+                self._keys = {known: entry for known, entry in self._keys.items() if entry[1] > now}
+            self._keys[digest] = (key, now + RECENT_KEY_S)
 
     def drop(self, key_id: str) -> None:
         """Forget a key that was just refused as revoked or suspended: its next request is looked up."""
@@ -203,11 +213,9 @@ class Service:
                     self._recent.drop(key.id)
                     return Refusal(403, SUSPENDED)
                 if idempotency_key is not None:
-                    earlier = connection.execute(
-                        "SELECT digest FROM idempotency WHERE key_id = ? AND token = ?", (key.id, idempotency_key)
-                    ).fetchone()
+                    earlier = _answered_digest(connection, key.id, idempotency_key)
                     if earlier is not None:
-                        if earlier[0] != digest:
+                        if earlier != digest:
                             return _reused(idempotency_key)
                         # The same keyed answers (watermark included) as the first time; its evidence
                         # was recorded then.
@@ -301,11 +309,9 @@ class Service:
             return Refusal(403, SUSPENDED)
         reads = self.db.read()
         if idempotency_key is not None:
-            earlier = reads.execute(
-                "SELECT digest FROM idempotency WHERE key_id = ? AND token = ?", (key.id, idempotency_key)
-            ).fetchone()
+            earlier = _answered_digest(reads, key.id, idempotency_key)
             if earlier is not None:
-                return None if earlier[0] == digest else _reused(idempotency_key)
+                return None if earlier == digest else _reused(idempotency_key)
         KeyStore.admit(reads, key.id, batch, self.config.max_batch, time.time())
         return None
 
