@@ -61,6 +61,22 @@ def test_jbda_grows_synthetic_images_from_its_seed_set(victim, pool):
     assert torch.allclose(step[step > 1e-6].max(), torch.tensor(0.1), atol=1e-5)
 
 
+def test_mixup_queries_half_the_pool_and_half_blends_between_its_images(victim, pool):
+    oracle = VictimOracle(victim.model, budget=331)
+    result = extract(oracle, pool, make_strategy("mixup"), 331, train=QUICK, seed=0, progress=False)
+    index, images = result.transfer.pool_index, result.transfer.images
+    plain = index >= 0
+    assert int(plain.sum()) == 166 and len(set(index[plain].tolist())) == 166 and int((~plain).sum()) == 165
+    assert torch.equal(images[plain], pool.images[index[plain]])
+    blends = images[~plain]
+    assert blends.min() >= 0 and blends.max() <= 1
+    # A blend is no pool image (its weight w > 0 moves it off its first image; most are far off).
+    nearest = torch.cdist(blends.flatten(1), pool.images.flatten(1)).min(1).values
+    assert nearest.min() > 1e-3 and nearest.median() > 1.0
+    with pytest.raises(ConfigError, match="mixup queries 60001 pool images as they are"):
+        make_strategy("mixup").check(pool, 120_002, oracle.output)
+
+
 def test_bad_strategy_settings_get_clear_errors(victim, pool):
     oracle = VictimOracle(victim.model, budget=1000)
     with pytest.raises(ConfigError, match="unknown strategy 'nope'; choose one of: random, jbda"):

@@ -3,7 +3,7 @@ import torch
 
 from mea import models
 from mea.errors import ConfigError
-from mea.training import LabelLoss, TrainConfig, fit, random_shift, soft_targets
+from mea.training import LabelLoss, TrainConfig, centred_log_probabilities, fit, random_shift, soft_targets
 
 
 def toy_problem(n: int = 512):
@@ -49,6 +49,37 @@ def test_soft_targets_are_distributions_and_temperature_one_is_identity():
     assert torch.allclose(soft_targets(answers, 1.0), answers, atol=1e-6)
     softened = soft_targets(answers, 4.0)
     assert torch.allclose(softened.sum(1), torch.ones(1)) and softened[0, 0] < 0.7 and softened[0, 5] > 0
+
+
+def test_logit_matching_recovers_the_teachers_logits_from_its_probabilities():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(1024, 1, 28, 28, generator=g)
+    with torch.no_grad():  # a confident teacher: its centred logits spread with a deviation of 3 nats
+        logits = 60 * models.build("mlp", 100)(images)
+    answers = torch.softmax(logits, 1)
+    centred = logits - logits.mean(1, keepdim=True)
+    # A probability answer is its logits up to a constant per row: the targets are exactly those.
+    assert torch.allclose(centred_log_probabilities(answers), centred, atol=1e-3)
+
+    def error(model):
+        with torch.no_grad():
+            out = model(images)
+        return float((out - out.mean(1, keepdim=True) - centred).abs().mean())
+
+    student = models.build("mlp", 0)
+    before = error(student)
+    config = TrainConfig(epochs=20, lr=1e-2, batch_size=64, loss=LabelLoss.LOGITS, min_steps=0)
+    fit(student, images, answers, config, torch.Generator().manual_seed(0), progress=False)
+    # Measured while writing this: the error falls to 0.14-0.26 of its start (teachers 100-102,
+    # students 0-2, 1 and 2 threads); the soft loss at T = 4 leaves 0.16-0.33.
+    assert error(student) < 0.4 * before
+
+
+def test_logit_matching_refuses_answers_without_their_small_probabilities():
+    images, one_hot, _ = toy_problem(64)
+    config = TrainConfig(epochs=1, loss=LabelLoss.LOGITS)
+    with pytest.raises(ConfigError, match=r"needs exact probability answers, but 100% of these rows have zeros"):
+        fit(models.build("mlp", 0), images, one_hot, config, torch.Generator(), progress=False)
 
 
 def test_random_shift_moves_content_without_losing_it():

@@ -28,6 +28,7 @@ DATASET_NAMES = tuple(DATASETS)
 POOL_NAMES = (*(spec.pool for spec in DATASETS.values()), "uniform", "gaussian")
 STRATEGY_NAMES = (
     "random",
+    "mixup",
     "jbda",
     "jbda-tr",
     "active",
@@ -68,6 +69,9 @@ class Schedule(StrEnum):
 class LabelLoss(StrEnum):
     SOFT = "soft"  # cross-entropy against the (tempered) answers
     HARD = "hard"  # cross-entropy against the answers' top-1 class
+    # Regression on the answers' log-probabilities, each row centred (logit matching, Ba & Caruana
+    # 2014): a probability answer is its logits up to a constant, the smallest values included.
+    LOGITS = "logits"
 
 
 def parse_choice(enum: type[StrEnum], value: str, what: str):

@@ -4,6 +4,13 @@ Soft-label training follows knowledge distillation (Hinton et al. 2015, "Distill
 in a Neural Network"): the attacker turns each answer back into log-probabilities and matches them
 at a temperature T, which recovers the "dark knowledge" in the small probabilities that a
 confident victim hides at T = 1.  With T = 1 it is plain cross-entropy against the answers.
+
+Logit matching (Ba & Caruana 2014, "Do Deep Nets Really Need to be Deep?") goes to the limit that
+distillation approaches at high T: log(p) is the victim's logit vector up to a constant per row, so
+the clone regresses its centred logits on the answers' centred log-probabilities (a Huber loss,
+so that a class the victim rules out by 60 nats does not outweigh the rest).  Exact float32
+probabilities carry logits down to about 1e-38; rounded or one-hot answers do not, and train
+with `soft` instead.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from mea.models import as_input
 # Zero probabilities (top-k, label and rounded answers) become this before the logarithm, so a
 # one-hot answer turns into a smoothed target rather than an infinite one.
 _PROBABILITY_FLOOR = 1e-8
+# Logit matching keeps every probability a float32 answer can carry (40% of the victim's
+# probabilities on MNIST train lie below 1e-8): only an exact zero is floored, at float32's tiniest.
+_LOGIT_FLOOR = torch.finfo(torch.float32).tiny
 # Training steps between two looks at the machine's load (mea.threads.readjust: about 1 ms).
 READJUST_EVERY = 50
 
@@ -47,6 +57,23 @@ class TrainReport:
 def soft_targets(answers: torch.Tensor, temperature: float) -> torch.Tensor:
     """Answers re-tempered: softmax(log(answers) / T), rows summing to 1."""
     return F.softmax(answers.clamp_min(_PROBABILITY_FLOOR).log() / temperature, dim=1)
+
+
+def centred_log_probabilities(answers: torch.Tensor) -> torch.Tensor:
+    """Logit-matching targets: each row's log-probabilities minus their mean."""
+    logs = answers.float().clamp_min(_LOGIT_FLOOR).log()
+    return logs - logs.mean(1, keepdim=True)
+
+
+def _check_logit_targets(answers: torch.Tensor) -> None:
+    """Logit matching needs the small probabilities: a float32 softmax underflows to zero now and
+    then (a self-trained teacher's pseudo-labels), but label, top-k and rounded answers do in most rows."""
+    with_zeros = float((answers == 0).any(1).float().mean())
+    if with_zeros > 0.5:
+        raise ConfigError(
+            f"--loss logits needs exact probability answers, but {with_zeros:.0%} of these rows have zeros "
+            "(label, top-k or rounded output); train with --loss soft or --loss hard"
+        )
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,8 +118,13 @@ def fit(
     start = time.perf_counter()
     model.train()
     images = as_input(images)
-    soft = config.loss is LabelLoss.SOFT
-    targets = soft_targets(answers, config.temperature) if soft else answers.argmax(1)
+    if config.loss is LabelLoss.SOFT:
+        targets = soft_targets(answers, config.temperature)
+    elif config.loss is LabelLoss.LOGITS:
+        _check_logit_targets(answers)
+        targets = centred_log_probabilities(answers)
+    else:
+        targets = answers.argmax(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     batches_per_epoch = math.ceil(n / config.batch_size)
     epochs = max(config.epochs, math.ceil(config.min_steps / batches_per_epoch))
@@ -119,6 +151,8 @@ def fit(
             logits = model(x)
             if config.loss is LabelLoss.SOFT:
                 loss = -(targets[batch] * F.log_softmax(logits / temperature, dim=1)).sum(1).mean() * temperature**2
+            elif config.loss is LabelLoss.LOGITS:
+                loss = F.smooth_l1_loss(logits - logits.mean(1, keepdim=True), targets[batch])
             else:
                 loss = F.cross_entropy(logits, targets[batch])
             if alpha > 0:

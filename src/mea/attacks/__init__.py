@@ -9,12 +9,14 @@ from mea.attacks.data_free import DataFreeStrategy
 from mea.attacks.extract import Extraction, extract
 from mea.attacks.jbda import JacobianAugmentation
 from mea.attacks.knockoff import AdaptiveKnockoff
+from mea.attacks.mixup import MixupQueries
 from mea.attacks.random_sampling import RandomSampling
 from mea.attacks.strategy import AttackState, Queries, Strategy, TransferSet
 from mea.errors import ConfigError
 
 STRATEGIES: dict[str, Callable[[], Strategy | DataFreeStrategy]] = {
     "random": RandomSampling,
+    "mixup": MixupQueries,
     "jbda": JacobianAugmentation,
     "jbda-tr": lambda: JacobianAugmentation(name="jbda-tr", targeted=True),
     "active": lambda: ActiveSelection("active", UncertainKCenter()),

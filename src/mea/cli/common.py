@@ -190,7 +190,8 @@ def train_options(func: Callable) -> Callable:
             type=click.Choice([loss.value for loss in LabelLoss]),
             default=clone.loss.value,
             show_default=True,
-            help="soft: match the answers; hard: their top-1 class.",
+            help="soft: match the answers; hard: their top-1 class; logits: regress on their log-probabilities "
+            "(exact probability answers only; ignores --temperature).",
         ),
         click.option(
             "--temperature",
