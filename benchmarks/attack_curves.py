@@ -41,7 +41,7 @@ from mea.seeding import derive_seed, generator
 from mea.training import LabelLoss, TrainConfig, fit, predict_logits
 from mea.victim import load_victim
 
-BUDGETS = (250, 1_000, 5_000)
+BUDGETS = (100, 250, 1_000, 5_000)
 DEFENDED_BUDGETS = (1_000, 5_000)
 JBDA_BUDGETS = (2_400, 9_600)  # 150 seeds doubled 4 and 6 times (Papernot et al. 2017)
 RECIPE = TrainConfig(shift=2, pseudo_label_rounds=2)

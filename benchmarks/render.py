@@ -619,7 +619,7 @@ def readme_fidelity_60k(results: Results) -> str:
         f"99.5% on every seed first with `{fastest['strategy']}` queries and the `{fastest['loss']}` loss at "
         f"{fastest['epochs']} epochs, {fastest['train_s_mean']:.0f} s of training here"
         if fastest
-        else "no setting reaches 99.5% on every seed"
+        else "No setting reaches 99.5% on every seed"
     )
     seeds = record["summary"][0]["seeds"]
     return "\n".join(
@@ -1458,12 +1458,16 @@ def readme_attack_curves(results: Results) -> str:
             line.append(_fidelity_cell(cells.get((curve, budget)), 2))
         rows.append(line)
     provenance = record["provenance"]
-    seeds = record["seeds"]
+    counts = sorted({row["seeds"] for row in summary})
+    seeds = f"{counts[0]} seeds"
+    if len(counts) > 1:
+        most = sorted({row["budget"] for row in summary if row["seeds"] == counts[-1]})
+        seeds += f" ({counts[-1]} at {' and '.join(count(b) for b in most)} queries)"
     return "\n".join(
         [
             table(["curve (fidelity %, mnist-train pool)", *(count(b) for b in budgets)], rows),
             "",
-            f"Mean ± sample standard deviation over {seeds} seeds ({provenance['trials_finished']} of "
+            f"Mean ± sample standard deviation over {seeds} ({provenance['trials_finished']} of "
             f"{provenance['trials_planned']} trials finished); a defended trial of seed s meets the noise key of "
             "draw s.",
             "",
