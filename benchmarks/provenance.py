@@ -31,8 +31,8 @@ def load_average() -> float | None:
 
 def git_revision() -> dict:
     """The commit the code was run from, and whether the working tree's code differed from it
-    (results files and Markdown do not count: other benchmarks and the README change them while a
-    measurement runs, which says nothing about the code measured)."""
+    (results files, figures and Markdown do not count: other benchmarks and the README change them
+    while a measurement runs, which says nothing about the code measured)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -41,7 +41,11 @@ def git_revision() -> dict:
 
     revision = git("rev-parse", "HEAD")
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    code = [path for path in changed if not path.startswith("benchmarks/results/") and not path.endswith(".md")]
+    code = [
+        path
+        for path in changed
+        if not path.startswith("benchmarks/results/") and not path.endswith((".md", ".png", ".svg"))
+    ]
     return {"commit": revision or None, "dirty": bool(code)}
 
 

@@ -1462,7 +1462,7 @@ def readme_attack_curves(results: Results) -> str:
     seeds = f"{counts[0]} seeds"
     if len(counts) > 1:
         most = sorted({row["budget"] for row in summary if row["seeds"] == counts[-1]})
-        seeds += f" ({counts[-1]} at {' and '.join(count(b) for b in most)} queries)"
+        seeds += f", {counts[-1]} at {' and '.join(count(b) for b in most)} queries"
     return "\n".join(
         [
             table(["curve (fidelity %, mnist-train pool)", *(count(b) for b in budgets)], rows),
