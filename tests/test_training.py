@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from mea import models
+from mea.config import AttackConfig
 from mea.errors import ConfigError
 from mea.training import LabelLoss, TrainConfig, centred_log_probabilities, fit, random_shift, soft_targets
 
@@ -80,6 +81,11 @@ def test_logit_matching_refuses_answers_without_their_small_probabilities():
     config = TrainConfig(epochs=1, loss=LabelLoss.LOGITS)
     with pytest.raises(ConfigError, match=r"needs exact probability answers, but 100% of these rows have zeros"):
         fit(models.build("mlp", 0), images, one_hot, config, torch.Generator(), progress=False)
+    # An attack asking for such answers is refused before it spends a query.
+    for output in ("label", "top-k:3", "rounded:2"):
+        with pytest.raises(ConfigError, match=r"--loss logits needs --output probabilities, not "):
+            AttackConfig(output=output, train=config)
+    AttackConfig(output="probabilities", train=config)
 
 
 def test_random_shift_moves_content_without_losing_it():

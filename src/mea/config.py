@@ -228,7 +228,13 @@ class AttackConfig:
                 f"{self.strategy} trains its clone while it queries, with its own optimiser settings; "
                 "drop the training options (--epochs, --lr, ...)"
             )
-        object.__setattr__(self, "output", parse_output(self.output).spec)
+        output = parse_output(self.output)
+        object.__setattr__(self, "output", output.spec)
+        if self.train.loss is LabelLoss.LOGITS and output.spec != "probabilities":
+            # Refused before a single query is spent: these answers hide the small probabilities.
+            raise ConfigError(
+                f"--loss logits needs --output probabilities, not {output.spec}; use --loss soft or --loss hard"
+            )
         make_strategy(self.strategy)
         models.check_arch(self.clone_arch)
 
