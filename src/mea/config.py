@@ -28,7 +28,6 @@ DATASET_NAMES = tuple(DATASETS)
 POOL_NAMES = (*(spec.pool for spec in DATASETS.values()), "uniform", "gaussian")
 STRATEGY_NAMES = (
     "random",
-    "mixup",
     "jbda",
     "jbda-tr",
     "active",
@@ -37,6 +36,7 @@ STRATEGY_NAMES = (
     "active-kcenter",
     "knockoff-adaptive",
     "boundary",
+    "mixup",
     "dfme",
     "maze",
     "dfms",

@@ -16,7 +16,6 @@ from mea.errors import ConfigError
 
 STRATEGIES: dict[str, Callable[[], Strategy | DataFreeStrategy]] = {
     "random": RandomSampling,
-    "mixup": MixupQueries,
     "jbda": JacobianAugmentation,
     "jbda-tr": lambda: JacobianAugmentation(name="jbda-tr", targeted=True),
     "active": lambda: ActiveSelection("active", UncertainKCenter()),
@@ -25,6 +24,7 @@ STRATEGIES: dict[str, Callable[[], Strategy | DataFreeStrategy]] = {
     "active-kcenter": lambda: ActiveSelection("active-kcenter", KCenter()),
     "knockoff-adaptive": AdaptiveKnockoff,
     "boundary": BoundaryRetraining,
+    "mixup": MixupQueries,
     # Data-free: no pool, the queries come from a generator (mea.attacks.data_free).
     "dfme": dfme.strategy,
     "maze": maze.strategy,
