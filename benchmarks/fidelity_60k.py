@@ -12,7 +12,7 @@ the clone trains.  Each row is one `mea attack --queries 60000 --strategy S --lo
 Each row reports fidelity on MNIST test, accuracy, agreement on the test images the victim gets
 wrong (the last part of the victim to copy) and the clone's training time on this machine.
 
-    python -m benchmarks.fidelity_60k --victim DIR [--seeds 2] [--epochs 3 5 8]
+    python -m benchmarks.fidelity_60k --victim DIR [--seeds 2] [--epochs 3 5 8 12]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--victim", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[3, 5, 8])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[3, 5, 8, 12])
     parser.add_argument("--threads", type=int, default=None, help="torch threads [default: mea's choice]")
     parser.add_argument("--out", type=Path, default=RESULTS / "fidelity_60k.json")
     args = parser.parse_args()
