@@ -211,7 +211,7 @@ class AttackConfig:
         from mea import models
         from mea.attacks import make_strategy
         from mea.data.pools import check_pool_name
-        from mea.oracle import parse_output
+        from mea.oracle import Probabilities, parse_output
 
         if self.queries <= 0:
             raise ConfigError(f"queries must be a positive number of images, got {self.queries}")
@@ -230,7 +230,7 @@ class AttackConfig:
             )
         output = parse_output(self.output)
         object.__setattr__(self, "output", output.spec)
-        if self.train.loss is LabelLoss.LOGITS and output.spec != "probabilities":
+        if self.train.loss is LabelLoss.LOGITS and not isinstance(output, Probabilities):
             # Refused before a single query is spent: these answers hide the small probabilities.
             raise ConfigError(
                 f"--loss logits needs --output probabilities, not {output.spec}; use --loss soft or --loss hard"
