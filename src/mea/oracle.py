@@ -165,10 +165,13 @@ def check_images(images: torch.Tensor, image_shape: tuple[int, ...] = (1, 28, 28
     if not images.is_floating_point():
         raise ValueError(f"queries must be floating point in [0, 1], got dtype {images.dtype}")
     images = images.detach().float()
-    if not torch.isfinite(images).all():
-        raise ValueError("queries contain NaN or infinite values")
-    if len(images) and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"query pixels must lie in [0, 1], got [{images.min().item():.3g}, {images.max().item():.3g}]")
+    if len(images):
+        # One pass for both checks: min and max propagate NaN, and an infinity lies outside [0, 1].
+        low, high = (value.item() for value in torch.aminmax(images))
+        if not (low >= 0 and high <= 1):
+            if not torch.isfinite(images).all():
+                raise ValueError("queries contain NaN or infinite values")
+            raise ValueError(f"query pixels must lie in [0, 1], got [{low:.3g}, {high:.3g}]")
     return images.contiguous()
 
 

@@ -144,13 +144,8 @@ class DefendedOracle(OracleWrapper):
         if self.watermark is not None and client is not None and not treated.all():
             untreated = (~treated).nonzero().squeeze(1)
             answers = answers.clone() if answers is probabilities else answers
-            chosen = self.watermark.select(client, images[untreated])
-            flipped, kept = untreated[chosen], untreated[~chosen]
-            if len(flipped):
-                watermarked[flipped] = True
-                answers[flipped] = self.watermark.answer(probabilities[flipped], images[flipped], client)
-            if len(kept) and self.watermark.config.runner_up:
-                answers[kept] = self.watermark.mark(probabilities[kept], images[kept])
+            answers[untreated], chosen = self.watermark.respond(client, probabilities[untreated], images[untreated])
+            watermarked[untreated[chosen]] = True
         poisoned = ~treated & ~watermarked
         if self._unflagged_policy is not None and poisoned.any():
             answers = answers.clone() if answers is probabilities else answers

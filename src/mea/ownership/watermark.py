@@ -92,8 +92,10 @@ class Watermark:
 
     def cells(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) the cell of each image, 0 .. 2^bits - 1: its side of each keyed hyperplane."""
-        pixels = quantise(images).astype(np.float64) / 255
-        sides = (pixels @ self._planes.T) > 0
+        return self._cells_of(quantise(images))
+
+    def _cells_of(self, pixels: np.ndarray) -> torch.Tensor:
+        sides = ((pixels.astype(np.float64) / 255) @ self._planes.T) > 0
         return torch.from_numpy((sides * self._powers).sum(1).astype(np.int64))
 
     def groups(self, images: torch.Tensor, victim_labels: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,10 @@ class Watermark:
 
     def classes(self, images: torch.Tensor, victim_labels: torch.Tensor) -> torch.Tensor:
         """(B,) the keyed class w(v, cell): never the victim's class v."""
-        return self._map[self.groups(images, victim_labels)]
+        return self._classes_of(quantise(images), victim_labels)
+
+    def _classes_of(self, pixels: np.ndarray, victim_labels: torch.Tensor) -> torch.Tensor:
+        return self._map[victim_labels.long() * self.cells_per_class + self._cells_of(pixels)]
 
     def group_classes(self) -> torch.Tensor:
         """The keyed class of every group, indexed by group."""
@@ -110,24 +115,47 @@ class Watermark:
 
     def select(self, client: str, images: torch.Tensor) -> torch.Tensor:
         """A (B,) bool mask: True for the answers this client gets flipped (about a fraction r)."""
+        return self._select_pixels(client, quantise(images))
+
+    def _select_pixels(self, client: str, pixels: np.ndarray) -> torch.Tensor:
         name = client.encode()
-        prefix = _DOMAIN + len(name).to_bytes(4, "little") + name
-        return torch.tensor(
-            [
-                int.from_bytes(hmac.digest(self.config.secret, prefix + row.tobytes(), hashlib.sha256)[:8], "little")
-                < self._bound
-                for row in quantise(images)
-            ],
-            dtype=torch.bool,
-        )
+        # HMAC(secret, domain | len(client) | client | pixels): the keyed state after the prefix is
+        # computed once per batch and copied for each image.
+        keyed = hmac.new(self.config.secret, _DOMAIN + len(name).to_bytes(4, "little") + name, hashlib.sha256)
+        chosen = np.empty(len(pixels), dtype=bool)
+        for i, row in enumerate(pixels):
+            mac = keyed.copy()
+            mac.update(row)
+            chosen[i] = int.from_bytes(mac.digest()[:8], "little") < self._bound
+        return torch.from_numpy(chosen)
+
+    def respond(
+        self, client: str, probabilities: torch.Tensor, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answers, flipped mask) for one client's rows: `select` picks the flipped ones, which get
+        `answer`'s flip, and the rest `mark`'s runner-up mark (when the config asks for it); the
+        images are quantised and keyed once for all three."""
+        pixels = quantise(images)
+        chosen = self._select_pixels(client, pixels)
+        marks = self._classes_of(pixels, probabilities.argmax(1))
+        answers = probabilities.clone()
+        if chosen.any():
+            answers[chosen] = self._flip(probabilities[chosen], marks[chosen])
+        kept = ~chosen
+        if self.config.runner_up and kept.any():
+            answers[kept] = self._swap_runner_up(probabilities[kept], marks[kept])
+        return answers, chosen
 
     def answer(self, probabilities: torch.Tensor, images: torch.Tensor, client: str = "") -> torch.Tensor:
         """Flipped answers for these rows (the caller chooses them with `select`): the victim's
         vector with its top class and w exchanging values, the top raised to at least `_MIN_TOP`
         and the other classes scaled down to make room.  (The class does not depend on the client,
         so that every client's flips teach a clone the same rule.)"""
+        return self._flip(probabilities, self.classes(images, probabilities.argmax(1)))
+
+    @staticmethod
+    def _flip(probabilities: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
         victim_labels = probabilities.argmax(1)
-        marks = self.classes(images, victim_labels)
         rows = torch.arange(len(probabilities))
         answers = probabilities.double().clone()
         top = answers[rows, victim_labels].clone()
@@ -142,8 +170,11 @@ class Watermark:
     def mark(self, probabilities: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Runner-up-marked answers: the same top class and the same set of values, with w(v, cell)
         holding the second-largest one."""
+        return self._swap_runner_up(probabilities, self.classes(images, probabilities.argmax(1)))
+
+    @staticmethod
+    def _swap_runner_up(probabilities: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
         victim_labels = probabilities.argmax(1)
-        marks = self.classes(images, victim_labels)
         rows = torch.arange(len(probabilities))
         others = probabilities.clone()
         others[rows, victim_labels] = -1.0
