@@ -76,6 +76,9 @@ def test_answers_are_probabilities_without_gradients(model):
         (torch.rand(2, 3, 28, 28), r"shape \(B, 1, 28, 28\)"),
         (torch.full((1, 1, 28, 28), 2.0), r"in \[0, 1\]"),
         (torch.full((1, 1, 28, 28), float("nan")), "NaN"),
+        (torch.cat([torch.rand(1, 1, 28, 28), torch.full((1, 1, 28, 28), float("-inf"))]), "infinite"),
+        (torch.cat([torch.full((1, 1, 28, 28), float("inf")), torch.rand(1, 1, 28, 28)]), "infinite"),
+        (torch.full((1, 1, 28, 28), -0.5), r"got \[-0\.5, -0\.5\]"),
         (torch.zeros(1, 1, 28, 28, dtype=torch.uint8), "floating point"),
     ],
 )

@@ -120,6 +120,21 @@ def test_runner_up_mark_keeps_top_class_and_values(defense, victim, mixed):
     assert torch.equal(runner_up.argmax(1)[distinct], keyed[distinct])
 
 
+def test_a_batch_is_watermarked_as_its_images_one_by_one(defense, victim, mixed):
+    """`respond` keys a batch once (one quantisation, one keyed state); every image still gets what
+    the per-image functions give it alone: the batch around it changes nothing."""
+    mark = Watermark(WatermarkConfig(SECRET, rate=0.3))
+    images = mixed[:80]
+    probabilities = defense.oracle(victim).answer(images)[0]
+    answers, chosen = mark.respond("alice", probabilities, images)
+    assert 5 < int(chosen.sum()) < 60
+    for i in range(len(images)):
+        one, row = images[i : i + 1], probabilities[i : i + 1]
+        assert bool(mark.select("alice", one)) == bool(chosen[i])
+        alone = mark.answer(row, one) if chosen[i] else mark.mark(row, one)
+        assert torch.equal(answers[i], alone[0])
+
+
 def test_watermark_never_changes_an_ood_gated_answer(defense, victim, mixed):
     oracle = watermarked(defense, victim, rate=0.5)
     gate_only = defense.oracle(victim)

@@ -57,8 +57,12 @@ class _GrowingSet:
         """Each image's smallest squared distance to the kept set (inf when empty), one matrix product."""
         if self.size == 0:
             return np.full(len(images), np.inf, dtype=np.float32)
-        squared = norms[:, None] + self.norms[None, : self.size] - 2 * images @ self.buffer[: self.size].T
-        return np.maximum(squared.min(1), 0.0)
+        # min_j |x - k_j|^2 = |x|^2 + min_j (|k_j|^2 - 2 x.k_j): the (B, K) products are updated
+        # in place, and the image's own norm is added after the minimum, not to every entry.
+        scores = images @ self.buffer[: self.size].T
+        scores *= -2
+        scores += self.norms[: self.size]
+        return np.maximum(norms + scores.min(1), 0.0)
 
 
 def _walk(kept: _GrowingSet, images: np.ndarray, norms: np.ndarray) -> np.ndarray:
@@ -137,7 +141,7 @@ class PradaMonitor:
     ) -> ClientState:
         """Add a batch of answered queries to `state` (the caller serialises updates of one client)."""
         flat = images.reshape(len(images), -1).numpy().astype(np.float32, copy=False)  # read only
-        norms = np.einsum("ij,ij->i", flat, flat)
+        norms = (flat * flat).sum(1)  # as `ClientRecords.load` computes a restored image's: bit for bit
         labels = classes.numpy()
         state.flagged_ood += int(ood_flags.sum())
         distances = np.empty(len(flat))
