@@ -970,10 +970,11 @@ def readme_serve_throughput(results: Results) -> str:
     findings = [f"The defense's measured cost at batch 256 (binary): {cost:+.0%} of throughput."]
     if "share_of_in_process" in on:
         rounds = on["share_of_in_process"]["rounds"]
+        reference = on["share_of_in_process"].get("reference", "the in-process round measured beside")
         findings.append(
             f"Served with the defense, binary batch 256 runs at {on['share_of_in_process']['median']:.0%} of the "
-            f"in-process oracle's rate (the median over {len(rounds)} rounds, each against the in-process round "
-            f"measured beside it: {', '.join(f'{share:.0%}' for share in rounds)}; undefended: "
+            f"in-process oracle's rate (the median over {len(rounds)} rounds, each against {reference} it: "
+            f"{', '.join(f'{share:.0%}' for share in rounds)}; undefended: "
             f"{off['share_of_in_process']['median']:.0%})."
         )
     elif model[0] is not None:

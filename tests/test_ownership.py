@@ -123,6 +123,14 @@ def test_runner_up_mark_keeps_top_class_and_values(defense, victim, mixed):
 def test_a_batch_is_watermarked_as_its_images_one_by_one(defense, victim, mixed):
     """`respond` keys a batch once (one quantisation, one keyed state); every image still gets what
     the per-image functions give it alone: the batch around it changes nothing."""
+    # A uniform image lies on every keyed hyperplane (they are orthogonal to the constant image):
+    # its cell is the same alone and among others, in batches that BLAS blocks differently.
+    grey = torch.arange(256, dtype=torch.float32).div(255).reshape(256, 1, 1, 1).expand(256, 1, 28, 28)
+    cells = Watermark(WatermarkConfig(SECRET)).cells
+    assert (torch.cat([cells(grey[i : i + 1]) for i in range(256)]) == 0).all()
+    for size in (2, 8, 1000):
+        batch = torch.cat([mixed[: size // 2], grey.repeat(4, 1, 1, 1)[: size - size // 2]])
+        assert (cells(batch)[size // 2 :] == 0).all()
     mark = Watermark(WatermarkConfig(SECRET, rate=0.3))
     images = mixed[:80]
     probabilities = defense.oracle(victim).answer(images)[0]

@@ -87,7 +87,7 @@ def _walk(kept: _GrowingSet, images: np.ndarray, norms: np.ndarray) -> np.ndarra
         else:  # the first query of its class starts the set, without a distance
             distances[i] = np.nan
         later = slice(i + 1, len(images))
-        within = norms[later] + norms[i] - 2 * (images[later] @ images[i])
+        within = norms[later] + (norms[i] - 2 * (images[later] @ images[i]))  # as `min_distances` rounds
         squared[later] = np.minimum(squared[later], np.maximum(within, 0))
         distances[later] = np.sqrt(squared[later])
         position = i + 1

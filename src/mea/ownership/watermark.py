@@ -46,11 +46,17 @@ from mea.ownership.config import WatermarkConfig
 _MIN_TOP = 0.6
 _SIDE = 28
 _DOMAIN = b"mea-watermark-v1\x00"
+# An image is on the upper side of a keyed hyperplane when its projection exceeds this.  The planes
+# are orthogonal to the constant image, so a uniform image projects to rounding noise (about 1e-14)
+# whose sign depends on how BLAS blocks the batch it comes in; a digit projects to values of order
+# one.  A margin far above the noise and far below any real projection makes every image's cell a
+# function of the image alone, whatever batch it is answered or verified in.
+_SIDE_MARGIN = 1e-9
 
 
 def quantise(images: torch.Tensor) -> np.ndarray:
     """Images as the 8-bit pixels they stand for, (B, 784) uint8: what the key and the evidence see."""
-    pixels = images.detach().reshape(len(images), -1).numpy()
+    pixels = images.detach().flatten(1).numpy()
     return np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
@@ -95,7 +101,7 @@ class Watermark:
         return self._cells_of(quantise(images))
 
     def _cells_of(self, pixels: np.ndarray) -> torch.Tensor:
-        sides = ((pixels.astype(np.float64) / 255) @ self._planes.T) > 0
+        sides = ((pixels.astype(np.float64) / 255) @ self._planes.T) > _SIDE_MARGIN
         return torch.from_numpy((sides * self._powers).sum(1).astype(np.int64))
 
     def groups(self, images: torch.Tensor, victim_labels: torch.Tensor) -> torch.Tensor:
