@@ -972,7 +972,8 @@ def readme_serve_throughput(results: Results) -> str:
         rounds = on["share_of_in_process"]["rounds"]
         reference = on["share_of_in_process"].get("reference", "the in-process round measured beside")
         findings.append(
-            f"Served with the defense, binary batch 256 runs at {on['share_of_in_process']['median']:.0%} of the "
+            # One decimal: the target is a share of 60%, and 59.5% must not read as met.
+            f"Served with the defense, binary batch 256 runs at {on['share_of_in_process']['median']:.1%} of the "
             f"in-process oracle's rate (the median over {len(rounds)} rounds, each against {reference} it: "
             f"{', '.join(f'{share:.0%}' for share in rounds)}; undefended: "
             f"{off['share_of_in_process']['median']:.0%})."
