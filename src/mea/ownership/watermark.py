@@ -106,14 +106,14 @@ class Watermark:
 
     def groups(self, images: torch.Tensor, victim_labels: torch.Tensor) -> torch.Tensor:
         """(B,) the (victim class, cell) group of each image, as one integer."""
-        return victim_labels.long() * self.cells_per_class + self.cells(images)
+        return self._groups_of(quantise(images), victim_labels)
+
+    def _groups_of(self, pixels: np.ndarray, victim_labels: torch.Tensor) -> torch.Tensor:
+        return victim_labels.long() * self.cells_per_class + self._cells_of(pixels)
 
     def classes(self, images: torch.Tensor, victim_labels: torch.Tensor) -> torch.Tensor:
         """(B,) the keyed class w(v, cell): never the victim's class v."""
-        return self._classes_of(quantise(images), victim_labels)
-
-    def _classes_of(self, pixels: np.ndarray, victim_labels: torch.Tensor) -> torch.Tensor:
-        return self._map[victim_labels.long() * self.cells_per_class + self._cells_of(pixels)]
+        return self._map[self.groups(images, victim_labels)]
 
     def group_classes(self) -> torch.Tensor:
         """The keyed class of every group, indexed by group."""
@@ -143,7 +143,7 @@ class Watermark:
         images are quantised and keyed once for all three."""
         pixels = quantise(images)
         chosen = self._select_pixels(client, pixels)
-        marks = self._classes_of(pixels, probabilities.argmax(1))
+        marks = self._map[self._groups_of(pixels, probabilities.argmax(1))]
         answers = probabilities.clone()
         if chosen.any():
             answers[chosen] = self._flip(probabilities[chosen], marks[chosen])
