@@ -68,6 +68,8 @@ def test_attack_writes_a_complete_run(victim_dir, data_dir, tmp_path):
         (["--strategy", "jbda", "--queries", "100"], "raise --queries to at least 150"),
         (["--strategy", "knockoff-adaptive", "--output", "label"], "runs with probabilities, top-k or rounded"),
         (["--pseudo-label-rounds", "-1"], "pseudo-label rounds must be >= 0"),
+        (["--rotate", "90"], r"rotate must lie in \[0, 45\] degrees, got 90.0; e.g. --rotate 15"),
+        (["--scale", "2"], r"scale must lie in \[0, 0.5\]"),
     ],
 )
 def test_user_mistakes_get_one_line_and_no_run_directory(victim_dir, data_dir, tmp_path, args, message):

@@ -4,7 +4,15 @@ import torch
 from mea import models
 from mea.config import AttackConfig
 from mea.errors import ConfigError
-from mea.training import LabelLoss, TrainConfig, centred_log_probabilities, fit, random_shift, soft_targets
+from mea.training import (
+    LabelLoss,
+    TrainConfig,
+    centred_log_probabilities,
+    fit,
+    random_affine,
+    random_shift,
+    soft_targets,
+)
 
 
 def toy_problem(n: int = 512):
@@ -96,6 +104,27 @@ def test_random_shift_moves_content_without_losing_it():
     assert (shifted != image).any(dim=(1, 2, 3)).float().mean() > 0.7
 
 
+def test_random_affine_without_bounds_is_the_identity():
+    images = torch.rand(16, 1, 28, 28)
+    assert torch.allclose(random_affine(images, 0, 0.0, 0.0, torch.Generator().manual_seed(0)), images, atol=1e-5)
+
+
+def test_random_affine_turns_and_resizes_each_image_on_its_own():
+    image = torch.zeros(256, 1, 28, 28)
+    image[:, :, 4:24, 13:15] = 1.0  # a vertical bar: 40 pixels of ink through the centre
+    moved = random_affine(image, 2, 15.0, 0.15, torch.Generator().manual_seed(0))
+    ink = moved.sum((1, 2, 3))
+    # Rescaling by z changes the area by z^2 (0.72..1.32 for z in 0.85..1.15), interpolation a little.
+    assert ((ink > 0.6 * 40) & (ink < 1.45 * 40)).all()
+    # Turned: the bar's ink leaves its two columns in (nearly) every image, by a different amount in each.
+    outside = 1 - moved[:, :, :, 13:15].sum((1, 2, 3)) / ink
+    assert (outside > 0.02).float().mean() > 0.9
+    assert len(outside.unique()) > 250
+    # The same generator state draws the same poses; the content stays in range.
+    again = random_affine(image, 2, 15.0, 0.15, torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again) and moved.min() >= 0 and moved.max() <= 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -105,6 +134,9 @@ def test_random_shift_moves_content_without_losing_it():
         ({"batch_size": -5}, "batch-size must be a positive integer"),
         ({"schedule": "cosine"}, "cosine"),
         ({"true_label_weight": 2.0}, r"true-label weight must lie in \[0, 1\]"),
+        ({"rotate": 90.0}, r"rotate must lie in \[0, 45\] degrees, got 90.0; e.g. --rotate 15"),
+        ({"rotate": -1.0}, r"rotate must lie in \[0, 45\]"),
+        ({"scale": 0.9}, r"scale must lie in \[0, 0.5\]"),
     ],
 )
 def test_bad_training_settings(kwargs, message):

@@ -94,6 +94,13 @@ class TrainConfig:
     temperature: float = 4.0
     true_label_weight: float = 0.0  # alpha: weight of the pool's own true labels, 0 = not used
     shift: int = 0  # augmentation: random translations of up to this many pixels, 0 = off
+    # Augmentation beyond shifts, the affine distortions of Simard et al. 2003 ("Best Practices for
+    # Convolutional Neural Networks Applied to Visual Document Analysis"): rotations of up to this
+    # many degrees either way and rescaling by up to this fraction either way; both 0 = off.  A digit
+    # reader answers a slightly turned or resized digit as it answers the digit, so the clone learns
+    # from each answer at many poses: the lever at small budgets.
+    rotate: float = 0.0
+    scale: float = 0.0
     # Small transfer sets get more epochs, up to this many optimiser steps in all: three epochs of
     # 1,000 queries are 12 steps, far too few to fit anything.  0 = exactly `epochs` epochs.
     min_steps: int = 500
@@ -121,6 +128,12 @@ class TrainConfig:
             )
         if not 0 <= self.shift <= 8:
             raise ConfigError(f"shift must lie in [0, 8] pixels, got {self.shift}")
+        if not 0.0 <= self.rotate <= 45.0:
+            raise ConfigError(f"rotate must lie in [0, 45] degrees, got {self.rotate}; e.g. --rotate 15")
+        if not 0.0 <= self.scale <= 0.5:
+            raise ConfigError(
+                f"scale must lie in [0, 0.5] (a fraction either way), got {self.scale}; e.g. --scale 0.15"
+            )
         object.__setattr__(self, "schedule", parse_choice(Schedule, self.schedule, "schedule"))
         object.__setattr__(self, "loss", parse_choice(LabelLoss, self.loss, "loss"))
 

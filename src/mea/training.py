@@ -88,6 +88,36 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return padded.permute(0, 2, 3, 1)[torch.arange(n).view(n, 1, 1), rows, cols].permute(0, 3, 1, 2)
 
 
+def random_affine(
+    images: torch.Tensor, max_shift: float, max_degrees: float, max_scale: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Each image turned by up to max_degrees, rescaled by up to max_scale either way and moved by up
+    to max_shift pixels, all drawn per image; bilinear, filling with zeros (Simard et al. 2003)."""
+    n, _, height, width = images.shape
+
+    def spread(bound: float) -> torch.Tensor:  # uniform in [-bound, bound]
+        return (torch.rand(n, generator=generator) * 2 - 1) * bound
+
+    angle = spread(math.radians(max_degrees))
+    zoom = 1 + spread(max_scale)
+    # affine_grid maps output to input coordinates in [-1, 1]: a pixel is 2 / size of them.
+    dx, dy = spread(2 * max_shift / width), spread(2 * max_shift / height)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, dx], 1), torch.stack([sin, cos, dy], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+
+
+def augment(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """The batch as `config`'s augmentation draws it (itself when there is none)."""
+    if config.rotate or config.scale:
+        return as_input(random_affine(images, config.shift, config.rotate, config.scale, generator))
+    if config.shift:
+        # Whole-pixel shifts without interpolation: exactly the victim's recipe of earlier releases.
+        return as_input(random_shift(images, config.shift, generator))
+    return images
+
+
 def _progress_disabled() -> bool:
     return os.environ.get("CI") == "true" or not sys.stderr.isatty()
 
@@ -145,9 +175,7 @@ def fit(
         for step, batch in enumerate(order.split(config.batch_size)):
             if step % READJUST_EVERY == 0:
                 threads.readjust()  # another job may have started (or ended) on the machine
-            x = images[batch]
-            if config.shift:
-                x = as_input(random_shift(x, config.shift, generator))
+            x = augment(images[batch], config, generator)
             logits = model(x)
             if config.loss is LabelLoss.SOFT:
                 loss = -(targets[batch] * F.log_softmax(logits / temperature, dim=1)).sum(1).mean() * temperature**2

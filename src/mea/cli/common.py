@@ -216,6 +216,20 @@ def train_options(func: Callable) -> Callable:
             help="Augmentation: random shifts of up to this many pixels (0 = off).",
         ),
         click.option(
+            "--rotate",
+            type=float,
+            default=clone.rotate,
+            show_default=True,
+            help="Augmentation: random rotations of up to this many degrees either way (0 = off; 15 at small budgets).",
+        ),
+        click.option(
+            "--scale",
+            type=float,
+            default=clone.scale,
+            show_default=True,
+            help="Augmentation: random rescaling by up to this fraction either way (0 = off; 0.15 at small budgets).",
+        ),
+        click.option(
             "--min-steps",
             type=int,
             default=clone.min_steps,

@@ -83,6 +83,8 @@ class TrainSpec(_Schema):
     temperature: Annotated[float, Field(gt=0)] | None = None
     true_label_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     shift: Annotated[int, Field(ge=0, le=8)] | None = None
+    rotate: Annotated[float, Field(ge=0, le=45)] | None = None
+    scale: Annotated[float, Field(ge=0, le=0.5)] | None = None
     min_steps: Annotated[int, Field(ge=0)] | None = None
     pseudo_label_rounds: Annotated[int, Field(ge=0)] | None = None
     pseudo_label_epochs: PositiveInt | None = None
