@@ -640,6 +640,65 @@ def readme_fidelity_60k(results: Results) -> str:
     )
 
 
+def readme_fidelity_budgets(results: Results) -> str:
+    """The earlier and the current small-budget recipe against the same victim (benchmarks.fidelity_budgets)."""
+    record = results["fidelity_budgets.json"]
+    by_key = {(row["output"], row["budget"], row["recipe"]): row for row in record["summary"]}
+    rows = []
+    for output, budget in sorted({(row["output"], row["budget"]) for row in record["summary"]}, reverse=False):
+        before, after = by_key.get((output, budget, "before")), by_key.get((output, budget, "after"))
+        if before is None or after is None:
+            continue
+
+        def cell(row: dict) -> str:
+            spread = f" ± {100 * row['fidelity_std']:.2f}" if row["fidelity_std"] is not None else ""
+            return f"{100 * row['fidelity_mean']:.2f}{spread}"
+
+        rows.append(
+            [
+                f"{budget:,}",
+                output,
+                str(after["seeds"]),
+                cell(before),
+                f"**{cell(after)}**",
+                pct(after["agreement_on_victim_errors_mean"], 0),
+                pct(after["target"], 1),
+                "met" if after["target_met"] else "**not met**",
+                f"{before['train_s_mean']:.0f} s / {after['train_s_mean']:.0f} s",
+            ]
+        )
+    rows.sort(key=lambda row: (row[1] != "probabilities", int(row[0].replace(",", ""))))
+    return "\n".join(
+        [
+            table(
+                [
+                    "queries",
+                    "answers",
+                    "seeds",
+                    "before: fidelity %",
+                    "after: fidelity %",
+                    "after: on its errors",
+                    "target",
+                    "",
+                    "training before / after",
+                ],
+                rows,
+            ),
+            "",
+            "Mean ± sample standard deviation over seeds; *on its errors*: the share of the victim's test errors "
+            "the clone makes the victim's way.",
+            "",
+            "![Fidelity against the budget, before and after](docs/fidelity_budgets.png)",
+            "",
+            source(
+                record["provenance"],
+                "`benchmarks/results/fidelity_budgets.json` (trials in `fidelity_budgets.jsonl`)",
+                timed=True,
+            ),
+        ]
+    )
+
+
 def readme_seed_table(results: Results) -> str:
     record = results["seed_table.json"]
     header = [
@@ -1923,6 +1982,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "time-to-98": readme_time_to_98,
     "training-loop": readme_training_loop,
     "fidelity-60k": readme_fidelity_60k,
+    "fidelity-budgets": readme_fidelity_budgets,
     "seed-table": readme_seed_table,
     "defense-table": readme_defense_table,
     "detector": readme_detector,
