@@ -185,7 +185,11 @@ def main() -> None:
     plot(summary, args.figures / "fidelity_budgets.png")
     payload = {
         "provenance": provenance.record(trials_finished=len(rows), trials_planned=len(plan)),
-        "victim": {"fingerprint": victim.fingerprint},
+        "victim": {
+            "fingerprint": victim.fingerprint,
+            "accuracy": share(victim_test == test.labels),
+            "test_errors": int((victim_test != test.labels).sum()),
+        },
         "sd": "sample standard deviation (n - 1) over seeds; null where one seed ran",
         "recipes": {name: dataclasses.asdict(recipe) for name, recipe in RECIPES.items()},
         "strategy": "active",

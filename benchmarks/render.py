@@ -686,7 +686,16 @@ def readme_fidelity_budgets(results: Results) -> str:
             ),
             "",
             "Mean ± sample standard deviation over seeds; *on its errors*: the share of the victim's test errors "
-            "the clone makes the victim's way.",
+            "the clone makes the victim's way. Training times on "
+            f"{record['provenance']['machine']['cores']} cores, with {record['provenance']['machine']['torch_threads']} "
+            "threads.",
+            "",
+            f"The victim here is fingerprint `{record['victim']['fingerprint'][:12]}` "
+            f"({pct(record['victim']['accuracy'])} accurate, {record['victim']['test_errors']} test errors), "
+            f"trained by `mea train-victim` with the same seed on this run's machine "
+            f"({record['provenance']['machine']['cpu']}): not the victim of the rest of this README, since "
+            "another CPU's kernels give seeded training other weights. Compare the two recipes with each "
+            "other, not with the curves above.",
             "",
             "![Fidelity against the budget, before and after](docs/fidelity_budgets.png)",
             "",
