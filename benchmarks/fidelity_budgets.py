@@ -102,9 +102,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     for row in rows:
         groups.setdefault((row["recipe"], row["output"], row["budget"]), []).append(row)
     summary = []
-    for (recipe, output, budget), group in sorted(
-        groups.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])
+    # Probabilities before labels, budgets in order, before beside after.
+    for recipe, output, budget in sorted(
+        groups, key=lambda key: (key[1] != "probabilities", key[2], key[0] != "before")
     ):
+        group = groups[recipe, output, budget]
         fidelity = [r["fidelity"] for r in group]
         target = LABEL_TARGET if output == "label" else TARGETS[budget]
         summary.append(

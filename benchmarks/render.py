@@ -643,6 +643,7 @@ def readme_fidelity_60k(results: Results) -> str:
 def readme_fidelity_budgets(results: Results) -> str:
     """The earlier and the current small-budget recipe against the same victim (benchmarks.fidelity_budgets)."""
     record = results["fidelity_budgets.json"]
+    machine = record["provenance"]["machine"]
     by_key = {(row["output"], row["budget"], row["recipe"]): row for row in record["summary"]}
     rows = []
     for output, budget in sorted({(row["output"], row["budget"]) for row in record["summary"]}, reverse=False):
@@ -687,13 +688,12 @@ def readme_fidelity_budgets(results: Results) -> str:
             "",
             "Mean ± sample standard deviation over seeds; *on its errors*: the share of the victim's test errors "
             "the clone makes the victim's way. Training times on "
-            f"{record['provenance']['machine']['cores']} cores, with {record['provenance']['machine']['torch_threads']} "
-            "threads.",
+            f"{machine['cores']} cores, with {machine['torch_threads']} threads.",
             "",
             f"The victim here is fingerprint `{record['victim']['fingerprint'][:12]}` "
             f"({pct(record['victim']['accuracy'])} accurate, {record['victim']['test_errors']} test errors), "
             f"trained by `mea train-victim` with the same seed on this run's machine "
-            f"({record['provenance']['machine']['cpu']}): not the victim of the rest of this README, since "
+            f"({machine['cpu']}): not the victim of the rest of this README, since "
             "another CPU's kernels give seeded training other weights. Compare the two recipes with each "
             "other, not with the curves above.",
             "",
