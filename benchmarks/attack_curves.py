@@ -180,24 +180,25 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def plot(summary: list[dict], output: str, path: Path) -> None:
-    series, spreads = {}, {}
-    for row in summary:
-        if output not in row["curve"] and "public" not in row["curve"]:
-            continue
-        xs, ys = series.setdefault(row["curve"], ([], []))
-        xs.append(row["budget"])
-        ys.append(100 * row["fidelity_mean"])
-        spreads.setdefault(row["curve"], []).append(100 * (row["fidelity_std"] or 0.0))
+def budget_plot(lines: dict[str, list[dict]], title: str, path: Path) -> None:
+    """Fidelity against the budget, one line per name: summary rows' means with their sd as error bars."""
     line_plot(
-        series,
+        {name: ([r["budget"] for r in rows], [100 * r["fidelity_mean"] for r in rows]) for name, rows in lines.items()},
         "query budget (images; log scale)",
         "clone fidelity on MNIST test (%)",
-        f"Fidelity vs budget, {output} answers, mnist-train pool, mean ± sd over seeds",
+        title,
         path,
-        spreads=spreads,
+        spreads={name: [100 * (r["fidelity_std"] or 0.0) for r in rows] for name, rows in lines.items()},
         logx=True,
     )
+
+
+def plot(summary: list[dict], output: str, path: Path) -> None:
+    lines: dict[str, list[dict]] = {}
+    for row in summary:
+        if output in row["curve"] or "public" in row["curve"]:
+            lines.setdefault(row["curve"], []).append(row)
+    budget_plot(lines, f"Fidelity vs budget, {output} answers, mnist-train pool, mean ± sd over seeds", path)
 
 
 def main() -> None:

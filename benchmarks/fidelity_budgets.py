@@ -30,14 +30,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.attack_curves import RECIPE as BEFORE
-from benchmarks.attack_curves import read_log
+from benchmarks.attack_curves import budget_plot, read_log
 from benchmarks.fidelity_60k import share
 from benchmarks.provenance import RESULTS, Provenance
 from mea import threads
 from mea.attacks import extract, make_strategy
 from mea.data import make_pool
 from mea.oracle import VictimOracle, parse_output
-from mea.plots import line_plot
 from mea.training import LabelLoss, TrainConfig, predict_logits
 from mea.victim import load_victim
 
@@ -129,25 +128,11 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def plot(summary: list[dict], path: Path) -> None:
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    spreads: dict[str, list[float]] = {}
+    lines: dict[str, list[dict]] = {}
     for row in summary:
-        if row["output"] != "probabilities":
-            continue
-        name = f"{row['recipe']}: {LABELS[row['recipe']]}"
-        xs, ys = series.setdefault(name, ([], []))
-        xs.append(row["budget"])
-        ys.append(100 * row["fidelity_mean"])
-        spreads.setdefault(name, []).append(100 * (row["fidelity_std"] or 0.0))
-    line_plot(
-        series,
-        "query budget (images; log scale)",
-        "clone fidelity on MNIST test (%)",
-        "Active selection, probability answers, no true labels: mean ± sd over seeds",
-        path,
-        spreads=spreads,
-        logx=True,
-    )
+        if row["output"] == "probabilities":
+            lines.setdefault(f"{row['recipe']}: {LABELS[row['recipe']]}", []).append(row)
+    budget_plot(lines, "Active selection, probability answers, no true labels: mean ± sd over seeds", path)
 
 
 def main() -> None:
