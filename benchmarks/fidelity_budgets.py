@@ -80,13 +80,12 @@ def trials() -> list[Trial]:
     return plan
 
 
-def run_trial(trial: Trial, victim, pool, test, victim_test: torch.Tensor) -> dict:
+def run_trial(trial: Trial, victim, pool, test, victim_test: torch.Tensor, errors: torch.Tensor) -> dict:
     oracle = VictimOracle(victim.model, parse_output(trial.output), budget=trial.budget)
     result = extract(
         oracle, pool, make_strategy("active"), trial.budget, train=trial.train, seed=trial.seed, progress=False
     )
     predicted = predict_logits(result.clone, test.images).argmax(1)
-    errors = victim_test != test.labels
     return {
         "fidelity": share(predicted == victim_test),
         "accuracy": share(predicted == test.labels),
@@ -149,13 +148,14 @@ def main() -> None:
     test = victim.test_set()
     pool = make_pool("mnist-train", None)
     victim_test = predict_logits(victim.model, test.images).argmax(1)
+    errors = victim_test != test.labels  # the victim's own test errors
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "fidelity_budgets.jsonl"
     plan = trials()
     for number, trial in enumerate(plan, 1):
         if args.summary_only or trial.key in read_log(log, victim.fingerprint):
             continue
-        result = run_trial(trial, victim, pool, test, victim_test)
+        result = run_trial(trial, victim, pool, test, victim_test, errors)
         row = {"key": trial.key, "victim_fingerprint": victim.fingerprint, **dataclasses.asdict(trial), **result}
         with log.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -174,8 +174,8 @@ def main() -> None:
         "provenance": provenance.record(trials_finished=len(rows), trials_planned=len(plan)),
         "victim": {
             "fingerprint": victim.fingerprint,
-            "accuracy": share(victim_test == test.labels),
-            "test_errors": int((victim_test != test.labels).sum()),
+            "accuracy": share(~errors),
+            "test_errors": int(errors.sum()),
         },
         "sd": "sample standard deviation (n - 1) over seeds; null where one seed ran",
         "recipes": {name: dataclasses.asdict(recipe) for name, recipe in RECIPES.items()},

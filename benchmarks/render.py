@@ -644,30 +644,27 @@ def readme_fidelity_budgets(results: Results) -> str:
     """The earlier and the current small-budget recipe against the same victim (benchmarks.fidelity_budgets)."""
     record = results["fidelity_budgets.json"]
     machine = record["provenance"]["machine"]
-    by_key = {(row["output"], row["budget"], row["recipe"]): row for row in record["summary"]}
-    rows = []
-    for output, budget in sorted({(row["output"], row["budget"]) for row in record["summary"]}, reverse=False):
-        before, after = by_key.get((output, budget, "before")), by_key.get((output, budget, "after"))
-        if before is None or after is None:
-            continue
+    summary = record["summary"]  # in reading order: benchmarks.fidelity_budgets.summarise
+    before_of = {(row["output"], row["budget"]): row for row in summary if row["recipe"] == "before"}
 
-        def cell(row: dict) -> str:
-            spread = f" ± {100 * row['fidelity_std']:.2f}" if row["fidelity_std"] is not None else ""
-            return f"{100 * row['fidelity_mean']:.2f}{spread}"
+    def cell(row: dict) -> str:
+        spread = f" ± {100 * row['fidelity_std']:.2f}" if row["fidelity_std"] is not None else ""
+        return f"{100 * row['fidelity_mean']:.2f}{spread}"
 
-        rows.append(
-            [
-                f"{budget:,}",
-                output,
-                str(after["seeds"]),
-                cell(before),
-                f"**{cell(after)}**",
-                pct(after["agreement_on_victim_errors_mean"], 0),
-                f"{pct(after['target'], 1)}: {'met' if after['target_met'] else '**not met**'}",
-                f"{before['train_s_mean']:.0f} s / {after['train_s_mean']:.0f} s",
-            ]
-        )
-    rows.sort(key=lambda row: (row[1] != "probabilities", int(row[0].replace(",", ""))))
+    rows = [
+        [
+            f"{after['budget']:,}",
+            after["output"],
+            str(after["seeds"]),
+            cell(before),
+            f"**{cell(after)}**",
+            pct(after["agreement_on_victim_errors_mean"], 0),
+            f"{pct(after['target'], 1)}: {'met' if after['target_met'] else '**not met**'}",
+            f"{before['train_s_mean']:.0f} s / {after['train_s_mean']:.0f} s",
+        ]
+        for after in summary
+        if after["recipe"] == "after" and (before := before_of.get((after["output"], after["budget"]))) is not None
+    ]
     return "\n".join(
         [
             table(
