@@ -7,7 +7,7 @@ how long each student trains:
 
 - before: shifts of up to 2 px, two epochs per round (benchmarks.attack_curves' recipe);
 - after: shifts of up to 2 px plus rotations of up to 15 degrees and rescaling by up to 15% either
-  way (Simard et al. 2003's affine distortions), and six epochs per round instead of two.
+  way (Simard et al. 2003's affine distortions), and ten epochs per round instead of two.
 
 Each trial reports fidelity on MNIST test and agreement on the victim's own test errors (the last
 points to copy).  Finished trials are appended to a JSONL file and skipped on a rerun against the
@@ -40,9 +40,9 @@ from mea.oracle import VictimOracle, parse_output
 from mea.training import LabelLoss, TrainConfig, predict_logits
 from mea.victim import load_victim
 
-AFTER = dataclasses.replace(BEFORE, rotate=15.0, scale=0.15, pseudo_label_epochs=6)
+AFTER = dataclasses.replace(BEFORE, rotate=15.0, scale=0.15, pseudo_label_epochs=10)
 RECIPES = {"before": BEFORE, "after": AFTER}
-LABELS = {"before": "shifts, 2 epochs a round", "after": "+ turns and resizing, 6 epochs a round"}
+LABELS = {"before": "shifts, 2 epochs a round", "after": "+ turns and resizing, 10 epochs a round"}
 # Seeds per budget: three where a few images decide the result, two above.
 SEEDS = {100: 3, 250: 3, 1_000: 2, 5_000: 2}
 LABEL_BUDGET = 5_000
