@@ -50,16 +50,10 @@ from mea.oracle import VictimOracle, parse_output
 from mea.ownership.clients import RecordingClient, SybilClient
 from mea.ownership.config import DEFAULT_RATE, Budget, FingerprintConfig, WatermarkWeights
 from mea.ownership.evidence import EvidenceSet, EvidenceStore, load_evidence
-from mea.ownership.fingerprint import CONFERRABLE, ERROR, Fingerprint, fingerprint_victim, train_reference
+from mea.ownership.fingerprint import CONFERRABLE, ERROR, Fingerprint, fingerprint_victim
+from mea.ownership.references import QUICK, Recipe, train_innocent
 from mea.ownership.suspects import ModelSuspect
-from mea.ownership.verify import (
-    Verdict,
-    calibration_probes,
-    combined_p,
-    keyed_rank_test,
-    population_test,
-    verify_suspect,
-)
+from mea.ownership.verify import Verdict, calibration_probes, reference_rank_test, verify_suspect
 from mea.ownership.watermark import defense_watermark
 from mea.seeding import derive_seed, generator
 from mea.training import fit, predict_logits
@@ -70,9 +64,9 @@ OUT = RESULTS / "ownership.json"
 PLOT = ROOT / "docs" / "ownership.png"
 BUDGET = Budget()  # 1,000 queries: records, the fingerprint, 10 neighbours per record, probes fill the rest
 # Other forms of the watermark test, measured on the same clones (`ablation`): what each choice buys.
-PREVIOUS_PROBES = 500
+PREVIOUS_BUDGET = Budget(max_queries=1000)
 EQUAL_WEIGHTS = WatermarkWeights(record=1, neighbour=1, probe=1)
-NO_NEIGHBOURS = Budget(neighbours=0)
+NO_NEIGHBOURS = dataclasses.replace(BUDGET, neighbours=0)
 RATES = (0.0, 0.001, 0.0025, 0.004, 0.005, 0.01, 0.02)
 VICTIM2_EPOCHS = 5
 # The attacks whose evidence every independent model is verified with (a large and a small one),
@@ -273,8 +267,7 @@ def independent(member: dict) -> Path:
         model, arch = models.load(second_victim() / "model.safetensors")
     elif member["kind"] == "true-labels":
         arch = member["arch"]
-        train = mnist("train")
-        model = train_reference(arch, derive_seed(member["seed"], "population"), train.images, train.labels)
+        model = train_innocent(Recipe(arch, QUICK), derive_seed(member["seed"], "population"), mnist("train"))
     else:
         arch = member["arch"]
         victim2 = load_victim(second_victim())
@@ -412,36 +405,10 @@ def summary(v: Verdict) -> dict:
     return row
 
 
-def previous_form(model_path: Path, material: Material, evidence: EvidenceSet | None) -> float:
-    """The verdict p-value of the test this benchmark first reported: the records and the first
-    500 calibration images as two separate keyed-rank tests combined by Bonferroni (they share the
-    key), then Fisher with the fingerprint; the same 1,000-query cap, no neighbours."""
-    suspect = ModelSuspect.load(model_path)
-    watermark, fingerprint = material.watermark, material.fingerprint
-    left, tests = BUDGET.max_queries, []
-    if evidence is not None:
-        used = evidence.select(np.arange(len(evidence)) < min(BUDGET.max_records, left))
-        images, labels = used.image_tensor(), torch.from_numpy(used.victim_labels)
-        groups = watermark.groups(images, labels)
-        tests.append(
-            keyed_rank_test("watermark records", suspect.scores(images), labels, groups, watermark.group_classes())
-        )
-        left -= len(images)
-    count = min(len(fingerprint), left)
-    matches = int((suspect.scores(fingerprint.images[:count]).argmax(1) == fingerprint.labels[:count]).sum())
-    reference = [round(m * count / len(fingerprint)) for m in fingerprint.reference_matches]
-    tests.append(population_test("fingerprint", matches, count, reference))
-    left -= count
-    images, labels = (part[: min(PREVIOUS_PROBES, left)] for part in material.probes)
-    groups = watermark.groups(images, labels)
-    tests.append(keyed_rank_test("watermark probes", suspect.scores(images), labels, groups, watermark.group_classes()))
-    return combined_p(tests)
-
-
 def ablation(model_path: Path, material: Material, evidence: EvidenceSet | None) -> dict:
     """The verdict p-value under other forms of the watermark test, on the same suspect and evidence."""
     return {
-        "previous_form": previous_form(model_path, material, evidence),
+        "previous_budget": verdict(model_path, material, evidence, budget=PREVIOUS_BUDGET).p_value,
         "equal_weights": verdict(model_path, material, evidence, weights=EQUAL_WEIGHTS).p_value,
         "no_neighbours": verdict(model_path, material, evidence, budget=NO_NEIGHBOURS).p_value,
     }
@@ -534,18 +501,10 @@ def evaluate(victim_dir: Path, defense_dir: Path, threads: int) -> dict:
         row = {**meta, "name": member_name(member)}
         for name, evidence in reference_evidence.items():
             row[f"with_{name}"] = summary(verdict(path / "model.safetensors", material, evidence))
-        # The largest p over every clone's evidence would be the wrong summary: report the smallest,
-        # of the whole verdict and of the watermark test alone, and the previous form's.
-        everything = [
-            (
-                verdict(path / "model.safetensors", material, evidence),
-                previous_form(path / "model.safetensors", material, evidence),
-            )
-            for evidence in all_evidence
-        ]
-        row["smallest_p_over_all_evidence"] = min(v.p_value for v, _ in everything)
-        row["smallest_watermark_p_over_all_evidence"] = min(v.tests[0].p_value for v, _ in everything)
-        row["smallest_previous_form_p_over_all_evidence"] = min(previous for _, previous in everything)
+        # The largest p over every clone's evidence would be the wrong summary: report the smallest.
+        everything = [verdict(path / "model.safetensors", material, evidence) for evidence in all_evidence]
+        row["smallest_p_over_all_evidence"] = min(v.p_value for v in everything)
+        row["derived_with_any_evidence"] = sum(v.derived for v in everything)
         row.update(passive_scores(path / "model.safetensors", material))
         population.append(row)
         print(
@@ -648,7 +607,9 @@ def passive_summary(clones: list[dict], population: list[dict], material: Materi
             "auroc_all_clones_5k_up": float(
                 roc_auc_score([1] * len(strong) + [0] * len(negatives), [c[key] / size for c in strong] + negatives)
             ),
-            "clone_60k_p_vs_population": population_test(key, target[key], size, [m[key] for m in population]).p_value,
+            "clone_60k_rank_p_vs_population": reference_rank_test(
+                key, target[key], size, [m[key] for m in population]
+            ).p_value,
         }
         out[key] = row
     return out

@@ -25,7 +25,7 @@ from mea.oracle import parse_output
 from mea.ownership.clients import RecordingClient, SybilClient
 from mea.ownership.config import WatermarkConfig
 from mea.ownership.evidence import EvidenceError, EvidenceStore, load_evidence, records_until
-from mea.ownership.fingerprint import train_reference
+from mea.ownership.references import Recipe, train_innocent
 from mea.ownership.suspects import ModelSuspect, SuspectError, load_suspect
 from mea.ownership.verify import (
     calibration_probes,
@@ -376,8 +376,8 @@ def theft(defense, victim, data_dir, tmp_path_factory):
     store.export(root / "evidence.safetensors")
     store.close()
     train = load("mnist", "train", data_dir)
-    independent = train_reference(
-        "lenet5", 5, train.images[:10_000], train.labels[:10_000], TrainConfig(epochs=1, loss=LabelLoss.HARD)
+    independent = train_innocent(
+        Recipe("lenet5", TrainConfig(epochs=1, loss=LabelLoss.HARD), images=10_000), 5, train.subset(slice(0, 10_000))
     )
     models.save(independent, "lenet5", root / "independent.safetensors")
     return root
@@ -686,12 +686,18 @@ def test_verify_refuses_bad_evidence(theft, victim_dir, defense_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_evidence_export_and_fingerprint_make(theft, victim_dir, tmp_path, data_dir):
+def test_an_innocent_trained_as_the_victim_was_is_not_called_derived(
+    theft, victim_dir, defense_dir, tmp_path, data_dir
+):
+    """Issue 32: models trained with the victim's own recipe and another seed were called derived on the
+    strength of the passive fingerprint.  The command line end to end: export the evidence, make a
+    fingerprint, train such a model with `mea train-victim`, verify it and the thief's clone."""
     exported = tmp_path / "evidence.safetensors"
     done = mea("evidence", "export", "--db", str(theft / "evidence.db"), "--out", str(exported))
     assert done.returncode == 0, done.stderr
     assert load_evidence(exported).head == load_evidence(theft / "evidence.db").head
     fingerprint = tmp_path / "fingerprint.safetensors"
+    small = ["--references", "4", "--surrogates", "1", "--candidates", "300", "--size", "20", "--epochs", "1"]
     done = mea(
         "fingerprint",
         "make",
@@ -699,16 +705,7 @@ def test_evidence_export_and_fingerprint_make(theft, victim_dir, tmp_path, data_
         str(victim_dir),
         "--out",
         str(fingerprint),
-        "--references",
-        "4",
-        "--surrogates",
-        "1",
-        "--candidates",
-        "300",
-        "--size",
-        "20",
-        "--epochs",
-        "1",
+        *small,
         "--data-dir",
         str(data_dir),
     )
@@ -717,32 +714,75 @@ def test_evidence_export_and_fingerprint_make(theft, victim_dir, tmp_path, data_
 
     made = Fingerprint.load(fingerprint)
     assert len(made.reference_matches) == 2 and 0 < len(made) <= 20 + made.meta["errors"]
+    # The victim's own recipe comes first among the references, in both halves.
+    recipe = json.loads((victim_dir / "config.json").read_text())["train"]
+    assert made.meta["reference_recipes"][:2] == [f"lenet5, {recipe['epochs']} epochs"] * 2
     # The victim itself gives every fingerprint label (it made them).
     assert bool(
         (ModelSuspect(load_victim_model(victim_dir), "lenet5", "").scores(made.images).argmax(1) == made.labels).all()
     )
+    # The tests' victim recipe (one epoch, no shifts), another seed; never a query to the service.
+    innocent = tmp_path / "innocent"
+    done = mea(
+        "train-victim",
+        "--out",
+        str(innocent),
+        "--epochs",
+        "1",
+        "--shift",
+        "0",
+        "--seed",
+        "7",
+        "--data-dir",
+        str(data_dir),
+    )
+    assert done.returncode == 0, done.stderr
+    owner = ["--evidence", str(exported), "--fingerprint", str(fingerprint), "--victim", str(victim_dir)]
+    owner += ["--defense", str(defense_dir), "--data-dir", str(data_dir)]
+    verdicts = {}
+    for name, suspect in (("innocent", innocent / "model.safetensors"), ("clone", theft / "clone.safetensors")):
+        done = mea("verify", "--suspect", str(suspect), *owner, "--out", str(tmp_path / f"verdict-{name}"))
+        assert done.returncode == 0, done.stderr
+        verdicts[name] = json.loads((tmp_path / f"verdict-{name}" / "verdict.json").read_text())
+        assert "indicative only" in done.stdout
+    innocent_verdict, clone_verdict = verdicts["innocent"], verdicts["clone"]
+    assert not innocent_verdict["derived"] and innocent_verdict["p_value"] > 1e-3
+    assert clone_verdict["derived"] and clone_verdict["p_value"] < 1e-8
+    for verdict in verdicts.values():
+        tests = {t["name"]: t for t in verdict["tests"]}
+        assert tests["watermark"]["counted"] and not tests["fingerprint"]["counted"]
+        assert verdict["p_value"] == tests["watermark"]["p_value"]  # the decision is the exact test's alone
+        assert tests["fingerprint"]["null"]["smallest_p_value"] == pytest.approx(1 / 3)
 
 
 def load_victim_model(directory: Path) -> torch.nn.Module:
     return models.load(directory / "model.safetensors")[0]
 
 
-def test_the_verdict_combination_holds_its_level():
-    from mea.ownership.verify import TestResult, combined_p
+def test_the_decision_rests_on_the_exact_test_alone():
+    from mea.ownership.verify import TestResult, decision_p
 
-    def result(name: str, p: float) -> TestResult:
-        return TestResult(name, "", 1, 1, 0, 0.0, 0.0, 0.0, 0.0, p)
+    def result(name: str, p: float, counted: bool = True) -> TestResult:
+        return TestResult(name, "", 1, 1, 0, 0.0, 0.0, 0.0, 0.0, p, counted=counted)
 
+    # However small the fingerprint's p, it never moves the decision; without an exact test there is none.
+    assert decision_p([result("watermark", 0.3), result("fingerprint", 1e-12, counted=False)]) == 0.3
+    assert decision_p([result("fingerprint", 1e-12, counted=False)]) is None
+    assert decision_p([result("watermark", 1e-9), result("fingerprint", 0.9, counted=False)]) == 1e-9
+
+
+def test_the_fingerprint_rank_is_an_empirical_p_value():
+    from mea.ownership.verify import reference_rank_test
+
+    rank = reference_rank_test("fingerprint", 30, 100, [10, 20, 30, 40])
+    assert rank.p_value == pytest.approx(3 / 5) and not rank.counted  # 30 and 40 match at least as often
+    assert reference_rank_test("fingerprint", 41, 100, [10, 20, 30, 40]).p_value == pytest.approx(1 / 5)
+    assert rank.null["smallest_p_value"] == pytest.approx(1 / 5) and "indicative only" in rank.note
+    # Valid when the suspect is exchangeable with the references: P(p <= t) <= t, near t.
     generator = np.random.default_rng(0)
-    draws = generator.uniform(size=(20_000, 3))
-    combined = np.array(
-        [
-            combined_p([result("watermark records", a), result("watermark probes", b), result("fingerprint", c)])
-            for a, b, c in draws
-        ]
-    )
-    assert np.mean(combined < 0.05) < 0.06  # at most its level for independent uniform p-values
-    # Strong evidence from either side carries the verdict; none from both does not.
-    assert combined_p([result("watermark records", 1e-20), result("fingerprint", 0.5)]) < 1e-15
-    assert combined_p([result("watermark records", 0.5), result("fingerprint", 1e-12)]) < 1e-8
-    assert combined_p([result("watermark records", 0.3), result("watermark probes", 0.4)]) == pytest.approx(0.6)
+    counts = generator.binomial(100, generator.uniform(0.1, 0.5, size=(20_000, 20)))
+    p_values = np.array([reference_rank_test("f", int(row[0]), 100, list(row[1:])).p_value for row in counts])
+    for t in (0.05, 0.1, 0.25):
+        assert t - 0.03 < np.mean(p_values <= t) <= t + 0.01
+    with pytest.raises(ConfigError, match="at least one held-out reference"):
+        reference_rank_test("fingerprint", 3, 10, [])

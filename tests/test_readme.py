@@ -93,7 +93,11 @@ def test_load_and_fault_block_follows_its_file(results, tmp_path):
 # Results measured against another machine's victim: seeded training gives other weights on
 # another CPU's kernels.  Each compares settings against its own victim within one run, and its
 # block names that victim (accuracy and fingerprint) beside the figures.
-OWN_VICTIM = {"fidelity_budgets.json": "fidelity-budgets"}
+OWN_VICTIM = {
+    "fidelity_budgets.json": "fidelity-budgets",
+    "ownership.json": "ownership",
+    "verify_calibration.json": "verify-calibration",
+}
 
 
 def _victim_fingerprint(record: dict) -> str | None:

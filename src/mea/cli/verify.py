@@ -222,7 +222,7 @@ def _print_verdict(verdict, out: Path) -> None:
         table.add_column(column, justify="left" if column == "test" else "right")
     for test in verdict.tests:
         table.add_row(
-            test.name,
+            test.name if test.counted else f"{test.name} (indicative, not counted)",
             str(test.images),
             f"{test.matches} ({test.match_rate:.1%}, chance {test.expected_match_rate:.1%})",
             f"{test.statistic:.3g} ({test.expected_statistic:.3g})",
@@ -237,6 +237,9 @@ def _print_verdict(verdict, out: Path) -> None:
                 f"alone {part['p_value_alone']:.3g}",
             )
     console().print(table)
+    for test in verdict.tests:
+        if not test.counted:
+            console().print(f"{test.name}: {test.note}")
     console().print(
         f"[bold]{verdict.decision}[/bold]; {verdict.queries} queries to the suspect; {out / 'verdict.json'}"
     )
@@ -257,7 +260,8 @@ def fingerprint_group() -> None:
     type=int,
     default=_FINGERPRINT.references,
     show_default=True,
-    help="Independent models the owner trains (half make the fingerprint, half measure the null).",
+    help="Innocent models the owner trains, the victim's own recipe with other seeds among them (half make "
+    "the fingerprint, half are the population a suspect is ranked in).",
 )
 @click.option(
     "--surrogates",
@@ -269,9 +273,8 @@ def fingerprint_group() -> None:
 @click.option(
     "--epochs",
     type=int,
-    default=_FINGERPRINT.epochs,
-    show_default=True,
-    help="Training epochs of each of those models.",
+    default=None,
+    help="Training epochs of each of those models, for a quick and weaker population [default: each recipe's own].",
 )
 @click.option(
     "--candidates",
@@ -315,7 +318,8 @@ def fingerprint_make(
     rates = ", ".join(f"{m / len(made):.1%}" for m in made.reference_matches)
     console().print(
         f"{out}: {made.meta['conferrable']} conferrable examples and {made.meta['errors']} victim errors; "
-        f"held-out reference models match {rates}"
+        f"held-out reference models match {rates}; a suspect is ranked among {len(made.reference_matches)} "
+        f"of them (smallest p-value {1 / (len(made.reference_matches) + 1):.2g}), indicative only"
     )
 
 

@@ -58,11 +58,11 @@ class WatermarkConfig:
 
 @dataclass(frozen=True)
 class FingerprintConfig:
-    # Independent models: half trained on true labels, half distilled from those; half of each kind
-    # make the fingerprint, the other half measure the null.
-    references: int = 8
+    # Innocent models the owner trains (mea.ownership.references), the victim's own recipe first;
+    # every other one makes the fingerprint, the rest are the population a suspect is ranked in.
+    references: int = 16
     surrogates: int = 2
-    epochs: int = 3  # training of each reference and surrogate (one-cycle)
+    epochs: int | None = None  # training of each reference and surrogate; None = each recipe's own
     candidates: int = 2000  # calibration images tried as starting points
     size: int = 100  # conferrable examples kept
     epsilon: float = 0.25  # L-infinity radius, in pixel units of [0, 1]
@@ -70,17 +70,19 @@ class FingerprintConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.references < 4 or self.references % 4:
+        if self.references < 2 or self.references % 2:
             raise ConfigError(
-                f"references must be a multiple of 4 (two kinds, half make, half test), got {self.references}"
+                f"references must be an even number >= 2 (half make the fingerprint, half rank), got {self.references}"
             )
         if self.surrogates < 1:
             raise ConfigError(f"surrogates must be >= 1, got {self.surrogates}")
         if not 0 < self.epsilon <= 1:
             raise ConfigError(f"epsilon must lie in (0, 1], got {self.epsilon}")
-        for name in ("epochs", "candidates", "size", "steps"):
+        for name in ("candidates", "size", "steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"epochs must be positive, got {self.epochs}")
 
 
 DEFAULT_NEIGHBOURS = 10
@@ -105,9 +107,10 @@ class WatermarkWeights:
 
 @dataclass(frozen=True)
 class Budget:
-    """How the queries to the suspect are shared: records first (the oldest), then the fingerprint,
-    then up to `neighbours` held-out neighbours per record (fewer when the budget is short), then
-    probes fill what is left of `max_queries` (at most `probes` of them when it is set)."""
+    """How the queries to the suspect are shared: records first (the oldest), then up to
+    `neighbours` held-out neighbours per record (fewer when the budget is short), then the whole
+    fingerprint if it fits (indicative only), then probes fill what is left of `max_queries` (at most
+    `probes` of them when it is set)."""
 
     max_queries: int = 1000
     max_records: int = 500

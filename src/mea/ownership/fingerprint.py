@@ -13,12 +13,13 @@ Two kinds of input, both labelled with the victim's own answer:
   victim, every surrogate and no reference labels with the target, ranked by conferrability
   (mean surrogate probability of the target times one minus the largest reference probability).
 
-References are independent models the owner trains on its own data, of two kinds: trained with
-true labels, and distilled from one of those as a thief distils a victim (a clone of another
-victim is the independent model most like a clone of this one).  Half of them make the
-fingerprint, the other half (never optimised against) measure how often an independent model
-matches it, which is the null of `mea.ownership.verify.population_test`.  Stored as safetensors
-(images quantised to 8 bits, exactly as they will be sent) with a JSON header; never pickle.
+References are innocent models the owner trains on its own data (`mea.ownership.references`):
+the victim's own recipe with other seeds first, then weaker and stronger recipes, other
+architectures, subsets, the whole public training set, and clones of an independent model.  Every
+other one makes the fingerprint, the rest (never optimised against) are the population a suspect's
+match count is ranked in (`mea.ownership.verify.reference_rank_test`), each recipe in both halves.
+That rank is indicative only and never decides a verdict.  Stored as safetensors (images quantised
+to 8 bits, exactly as they will be sent) with a JSON header; never pickle.
 """
 
 from __future__ import annotations
@@ -37,19 +38,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mea import models
+from mea.data import ImageSet
 from mea.errors import ArtifactError
-from mea.models import NUM_CLASSES, as_input
+from mea.models import as_input
 from mea.ownership.config import FingerprintConfig
+from mea.ownership.references import Recipe, population_recipes, train_innocent, victim_recipe
 from mea.seeding import derive_seed, generator
-from mea.training import LabelLoss, TrainConfig, fit, predict_logits
+from mea.training import TrainConfig, fit, predict_logits
 from mea.victim import Victim
 
 FORMAT = "mea-fingerprint-v1"
 ERROR, CONFERRABLE = 0, 1
-_REFERENCE_ARCHS = ("lenet5", "small-cnn", "mlp")
-# Independent models: trained with true labels like the victim, for fewer epochs (a population
-# of many, cheaply); surrogates: distilled from the victim with the attack's own defaults.
-REFERENCE_TRAINING = TrainConfig(epochs=3, lr=3e-3, batch_size=128, loss=LabelLoss.HARD, temperature=1.0)
+# The owner's own clones of its victim: distilled from it with the attack's own defaults.
 SURROGATE_TRAINING = TrainConfig()
 
 
@@ -116,22 +116,12 @@ class Fingerprint:
             ) from None
 
 
-def train_reference(
-    arch: str, seed: int, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig | None = None
-) -> nn.Module:
-    """An independent model: trained from its own seed on true labels, never on the victim's answers."""
-    model = models.build(arch, derive_seed(seed, "reference-init"))
-    config = config or REFERENCE_TRAINING
-    fit(model, images, F.one_hot(labels, NUM_CLASSES).float(), config, generator(seed, "reference"), progress=False)
-    return model
-
-
 def train_surrogate(
     victim: nn.Module, arch: str, seed: int, images: torch.Tensor, config: TrainConfig | None = None
 ) -> nn.Module:
     """The owner's own clone of its victim: distilled from the victim's probabilities on owner data."""
     answers = F.softmax(predict_logits(victim, images), dim=1)
-    model = models.build(arch, derive_seed(seed, "surrogate-init"))
+    model = models.build(arch, derive_seed(seed, "surrogate-init"), models.signature_of(victim))
     config = config or SURROGATE_TRAINING
     fit(model, images, answers, config, generator(seed, "surrogate"), progress=False)
     return model
@@ -197,35 +187,39 @@ def conferrable_examples(
     return adversarial[keep][order], targets[keep][order], score[keep][order]
 
 
-def train_references(
-    train_images: torch.Tensor, train_labels: torch.Tensor, config: FingerprintConfig
-) -> list[nn.Module]:
-    """Independent models of two kinds, in pairs: one trained on true labels, and one distilled from
-    it as a thief would distil a victim.  Without the second kind, clones of *other* victims match
-    the fingerprint far more often than the null says (measured: p = 2e-7 for two small-cnn clones of
-    an independently trained victim, with true-label references only)."""
-    reference_training = dataclasses.replace(REFERENCE_TRAINING, epochs=config.epochs)
-    student_training = dataclasses.replace(SURROGATE_TRAINING, epochs=config.epochs)
-    pairs = []
-    for i in range(config.references // 2):
-        seed = derive_seed(config.seed, f"reference-{i}")
-        teacher = train_reference(_REFERENCE_ARCHS[i % 3], seed, train_images, train_labels, reference_training)
-        student = train_surrogate(teacher, _REFERENCE_ARCHS[(i + 1) % 3], seed, train_images, student_training)
-        pairs.append((teacher, student))
-    # Ordered t0 t1 s0 s1 t2 t3 s2 s3 ...: every other model ([0::2], making) is an even pair's,
-    # the rest ([1::2], testing) an odd pair's, so that no tested model is a student of a maker.
-    ordered: list[nn.Module] = []
-    for even, odd in zip(pairs[0::2], pairs[1::2], strict=True):
-        ordered += [even[0], odd[0], even[1], odd[1]]
-    return ordered
+def reference_plan(own: Recipe, config: FingerprintConfig) -> list[Recipe]:
+    """The recipe of each of `config.references` innocent models (`mea.ownership.references`), the
+    victim's own recipe `own` first, each recipe twice in a row: [0::2] make the fingerprint, [1::2]
+    rank a suspect, so that both halves hold every recipe.  Without clones of independent models
+    among them, clones of *other* victims match the fingerprint far more often than references do
+    (measured: p = 2e-7 for two small-cnn clones of an independently trained victim, with
+    true-label references only)."""
+    recipes = population_recipes(own, (config.references + 1) // 2)
+    return [recipe.with_epochs(config.epochs) for recipe in recipes for _ in range(2)][: config.references]
+
+
+def train_references(train: ImageSet, calibration: ImageSet, plan: list[Recipe], seed: int) -> list[nn.Module]:
+    return [
+        train_innocent(recipe, derive_seed(seed, f"reference-{i}"), train, calibration) for i, recipe in enumerate(plan)
+    ]
 
 
 def fingerprint_victim(victim: Victim, config: FingerprintConfig, data_dir: Path | None = None) -> Fingerprint:
-    """`make_fingerprint` for a `mea` victim: references trained on the victim's own training split,
-    conferrable examples made from its calibration split (both the owner's data, never the attacker's)."""
+    """`make_fingerprint` for a `mea` victim: references trained on the victim's own training split
+    (and, for some recipes, the whole public training set), conferrable examples made from its
+    calibration split (both the owner's data, never the attacker's)."""
     train, calibration = victim.owner_sets(data_dir)
+    plan = reference_plan(victim_recipe(victim.arch, victim.config.get("train", {})), config)
     return make_fingerprint(
-        victim.model, victim.fingerprint, train.images, train.labels, calibration.images, calibration.labels, config
+        victim.model,
+        victim.fingerprint,
+        train.images,
+        train.labels,
+        calibration.images,
+        calibration.labels,
+        config,
+        references=train_references(train, calibration, plan, config.seed),
+        reference_recipes=[recipe.describe() for recipe in plan],
     )
 
 
@@ -239,11 +233,17 @@ def make_fingerprint(
     config: FingerprintConfig,
     references: list[nn.Module] | None = None,
     surrogates: list[nn.Module] | None = None,
+    reference_recipes: list[str] | None = None,
 ) -> Fingerprint:
-    """Train references and surrogates on the owner's data (unless given) and build the fingerprint."""
+    """Train references (`reference_plan`, the victim's recipe taken as LeNet-5's quick one unless
+    given) and surrogates on the owner's data, unless given, and build the fingerprint."""
     start = time.perf_counter()
     if references is None:
-        references = train_references(train_images, train_labels, config)
+        plan = reference_plan(Recipe("lenet5"), config)
+        references = train_references(
+            ImageSet(train_images, train_labels), ImageSet(calibration_images, calibration_labels), plan, config.seed
+        )
+        reference_recipes = [recipe.describe() for recipe in plan]
     if surrogates is None:
         surrogates = [
             train_surrogate(
@@ -251,11 +251,11 @@ def make_fingerprint(
                 ("lenet5", "small-cnn")[i % 2],
                 derive_seed(config.seed, f"surrogate-{i}"),
                 train_images,
-                dataclasses.replace(SURROGATE_TRAINING, epochs=config.epochs),
+                dataclasses.replace(SURROGATE_TRAINING, epochs=config.epochs or SURROGATE_TRAINING.epochs),
             )
             for i in range(config.surrogates)
         ]
-    # Interleaved, so that both halves hold every kind and architecture.
+    # Interleaved, so that both halves hold every recipe.
     making, testing = references[0::2], references[1::2]
     victim_labels = predict_logits(victim, calibration_images).argmax(1)
     errors = victim_labels != calibration_labels
@@ -279,6 +279,7 @@ def make_fingerprint(
         "mean_conferrability": float(scores.mean()) if len(scores) else 0.0,
         "references_making": len(making),
         "references_testing": len(testing),
+        "reference_recipes": reference_recipes or [],
         "time_s": time.perf_counter() - start,
     }
     return Fingerprint(images, labels, kinds, reference_matches, victim_fingerprint, meta)
