@@ -302,6 +302,8 @@ def thefts(victim_dir: Path, defense_dir: Path) -> dict:
     try:
         for name, (output, queries) in THEFTS.items():
             key = create_key(db, "--name", f"thief-{name}", "--output", output)
+            # The service records a client by its key's id (mea_<id>_<secret>), never by the secret.
+            record[name] = {"output": output, "queries": queries, "clients": [key.split("_")[1]]}
             start = time.perf_counter()
             mea(
                 "attack",
@@ -317,16 +319,13 @@ def thefts(victim_dir: Path, defense_dir: Path) -> dict:
                 str(root / name),
             )
             metrics = json.loads((root / name / "metrics.json").read_text())
-            record[name] = {"output": output, "queries": queries, "time_s": time.perf_counter() - start}
-            record[name]["clone_accuracy"] = metrics["clone"]["accuracy"]
+            record[name] |= {"time_s": time.perf_counter() - start, "clone_accuracy": metrics["clone"]["accuracy"]}
     finally:
         stop_all(server)
     mea("evidence", "export", "--db", str(db), "--out", str(root / "evidence.safetensors"))
     evidence = load_evidence(root / "evidence.safetensors")
     for name in THEFTS:
-        clients = sorted({c for c in evidence.clients if f"thief-{name}" in c})
-        record[name]["clients"] = clients
-        record[name]["records"] = len(evidence.for_clients(clients))
+        record[name]["records"] = len(evidence.for_clients(record[name]["clients"]))
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -334,10 +334,30 @@ class PradaConfig:
     test_every: int = 10
     max_per_class: int = 2000  # growing-set cap per class, bounding memory per client
     max_distances: int = 5000  # Shapiro-Wilk is defined up to 5,000 samples: keep the latest
-    # Escalation by the client's out-of-distribution rate, once it has sent `ood_min_queries`.
+    # Escalation by the client's out-of-distribution rate, once it has sent `ood_min_queries`: over
+    # its whole stream and over its latest `ood_window` queries (cover traffic averages a lifetime
+    # rate down, not a window's), whichever is higher.
     ood_suspect_rate: float = 0.2
     ood_refuse_rate: float = 0.5
     ood_min_queries: int = 200
+    ood_window: int = 500
+    # Synthetic-step streams (mea.defenses.steps): a client is refused once `step_count` of its
+    # latest `step_window` queries lie within L-infinity `step_radius` of one of its `step_memory`
+    # earlier queries.  `mea defend fit` calibrates radius and count on benign streams of the
+    # calibration split (MNIST: radius 0.21, count 5); these defaults stand in without a defense.
+    step_radius: float = 0.2
+    step_window: int = 200
+    step_count: int = 5
+    step_memory: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0 < self.step_radius < 1:
+            raise ConfigError(f"the step radius must lie in (0, 1), got {self.step_radius}")
+        for name in ("step_window", "step_count", "step_memory", "ood_window"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.step_count > self.step_window:
+            raise ConfigError(f"step_count ({self.step_count}) cannot exceed step_window ({self.step_window})")
 
 
 @dataclass(frozen=True)

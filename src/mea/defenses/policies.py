@@ -1,10 +1,13 @@
 """What a defended victim answers to a query its detector flags.
 
 Every policy is a deterministic function of the image and a secret: the noise for an image comes
-from a stream keyed by HMAC-SHA256(secret, image quantised to 8 bits).  Asking the same question
-again returns the same answer, so an attacker cannot average the noise away by repeating a query,
-and jitters below half a grey level change nothing.  (Fresh noise per call, as in ART's
-GaussianNoise postprocessor, averages out over repeated queries.)
+from a stream keyed by HMAC-SHA256(secret, a coarse code of the image: `mea.keying`).  Asking the
+same question again returns the same answer, so an attacker cannot average the noise away by
+repeating a query; and copies of the image a few grey levels apart mostly share the code, so they
+get the same answer too, and an attacker who compares jittered copies cannot tell the keyed
+answers from the true ones by their disagreement.  (Fresh noise per call, as in ART's
+GaussianNoise postprocessor, averages out over repeated queries; noise keyed on the exact pixels
+differs between jittered copies.)
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ from torch import nn
 from mea import models
 from mea.config import POLICIES
 from mea.errors import ConfigError
+from mea.keying import coarse_codes, code_bytes
 from mea.signature import Signature
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Bits of the coarse code the noise is keyed on: 256 keys per victim class (the misinformation's
+# wrong class also depends on the victim's own), stable under jitters of a few grey levels.
+CODE_BITS = 8
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -36,14 +43,15 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def keyed_uniforms(secret: bytes, images: torch.Tensor, count: int) -> np.ndarray:
-    """`count` uniforms in (0, 1) per image, a pure function of (secret, 8-bit pixels).
+    """`count` uniforms in (0, 1) per image, a pure function of (secret, the image's coarse code).
 
     One HMAC per image seeds a SplitMix64 stream; the streams are drawn for the whole batch at once.
     """
     # In numpy: a few microseconds instead of a few tens for five torch operations on a tiny batch.
     pixels = np.rint(np.clip(images.detach().reshape(len(images), -1).numpy(), 0, 1) * 255).astype(np.uint8)
+    codes = coarse_codes(pixels, tuple(images.shape[1:]), secret, CODE_BITS)
     seeds = np.array(
-        [int.from_bytes(hmac.digest(secret, row.tobytes(), hashlib.sha256)[:8], "little") for row in pixels],
+        [int.from_bytes(hmac.digest(secret, code, hashlib.sha256)[:8], "little") for code in code_bytes(codes)],
         dtype=np.uint64,
     )
     steps = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN

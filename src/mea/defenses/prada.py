@@ -9,14 +9,20 @@ once 100 distances are in, a Shapiro-Wilk test on the distances (outliers beyond
 removed) flags the client when its statistic W falls below `threshold`.  (A server sees batches:
 the test runs at most once per batch.)
 
-The monitor also keeps the client's running out-of-distribution rate from the query detector, and
-combines both into an escalation level: 0 normal, 1 suspect (every answer goes through the
-response policy), 2 refused.
+PRADA needs a stream whose distances stop looking normal; cover traffic of natural images keeps
+them normal.  Beside it the monitor keeps, per client, the synthetic-step record of
+`mea.defenses.steps` (queries within a small L-infinity distance of an earlier query, counted per
+window, so that cover traffic cannot average them away) and the out-of-distribution flags of the
+query detector, over the whole stream and over its latest `ood_window` queries.  It combines them
+into an escalation level: 0 normal, 1 suspect (every answer goes through the response policy),
+2 refused.  PRADA alone makes a client suspect; a window full of steps, PRADA with a high OOD rate,
+or a very high OOD rate refuses it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +30,7 @@ import torch
 from scipy import stats
 
 from mea.config import PradaConfig as PradaConfig  # re-exported
+from mea.defenses.steps import StepRecord, observe_steps
 
 NORMAL, SUSPECT, REFUSED = 0, 1, 2
 LEVEL_NAMES = {NORMAL: "normal", SUSPECT: "suspect", REFUSED: "refused"}
@@ -107,14 +114,25 @@ class ClientState:
     statistic: float | None = None
     prada_flagged_at: int | None = None  # the query count when PRADA first flagged the stream
     level: int = NORMAL
+    step_record: StepRecord | None = None  # made on the first batch, from the monitor's config
+    ood_marks: deque = field(default_factory=deque)  # the latest `ood_window` OOD flags, oldest first
 
     @property
     def ood_rate(self) -> float:
         return self.flagged_ood / self.queries if self.queries else 0.0
 
+    @property
+    def window_ood_rate(self) -> float:
+        return sum(self.ood_marks) / len(self.ood_marks) if self.ood_marks else 0.0
+
+    @property
+    def steps_flagged_at(self) -> int | None:
+        return None if self.step_record is None else self.step_record.flagged_at
+
     def describe(self) -> str:
         w = "-" if self.statistic is None else f"{self.statistic:.3f}"
-        return f"{LEVEL_NAMES[self.level]} (W={w}, ood={self.ood_rate:.2f}, queries={self.queries})"
+        stepped = 0 if self.step_record is None else self.step_record.steps
+        return f"{LEVEL_NAMES[self.level]} (W={w}, ood={self.ood_rate:.2f}, steps={stepped}, queries={self.queries})"
 
 
 class PradaMonitor:
@@ -143,7 +161,14 @@ class PradaMonitor:
         flat = images.reshape(len(images), -1).numpy().astype(np.float32, copy=False)  # read only
         norms = (flat * flat).sum(1)  # as `ClientRecords.load` computes a restored image's: bit for bit
         labels = classes.numpy()
+        config = self.config
+        if state.step_record is None:
+            state.step_record = StepRecord(config.step_memory, config.step_window)
+        observe_steps(state.step_record, images, config.step_radius, config.step_count, state.queries)
         state.flagged_ood += int(ood_flags.sum())
+        state.ood_marks.extend(bool(flag) for flag in ood_flags.tolist())
+        while len(state.ood_marks) > config.ood_window:
+            state.ood_marks.popleft()
         distances = np.empty(len(flat))
         for label in np.unique(labels):
             rows = np.flatnonzero(labels == label)
@@ -179,11 +204,15 @@ class PradaMonitor:
         level = NORMAL
         if state.prada_flagged_at is not None:
             level = SUSPECT
+        ood = 0.0
         if state.queries >= config.ood_min_queries:
-            if state.ood_rate >= config.ood_refuse_rate:
+            ood = max(state.ood_rate, state.window_ood_rate)
+            if ood >= config.ood_refuse_rate:
                 level = REFUSED
-            elif state.ood_rate >= config.ood_suspect_rate:
+            elif ood >= config.ood_suspect_rate:
                 level = max(level, SUSPECT)
-        if state.prada_flagged_at is not None and level == SUSPECT and state.ood_rate >= config.ood_suspect_rate:
+        if state.prada_flagged_at is not None and level == SUSPECT and ood >= config.ood_suspect_rate:
             level = REFUSED  # both signals agree
+        if state.steps_flagged_at is not None:
+            level = REFUSED  # a window full of synthetic steps: a benign client has none
         state.level = max(state.level, level)  # escalation is sticky: a client is not forgiven by waiting

@@ -3,12 +3,14 @@ tied to one victim by the fingerprint of its weights.
 
     detector.safetensors   class means and whitening factors per layer
     detector.json          layers, standardisers, threshold and target false-positive rate
-    defense-config.json    victim fingerprint, policy, calibration record, command line
+    defense-config.json    victim fingerprint, policy, calibration records (the detector's and the
+                           synthetic-step detector's, mea.defenses.steps), command line
     secret.key             32 random bytes (hex) that key the noise; readable by the owner only
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import time
@@ -16,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mea import __version__
-from mea.config import DEFAULT_POLICY
+from mea.config import DEFAULT_POLICY, PradaConfig
 from mea.defenses.defended_oracle import DefendedOracle
 from mea.defenses.detector import DetectorConfig, OodDetector
+from mea.defenses.gate import ClientGate
 from mea.defenses.policies import Policy, parse_policy
+from mea.defenses.prada import PradaMonitor
+from mea.defenses.steps import StepCalibration, calibrate
 from mea.errors import ArtifactError, ConfigError
 from mea.oracle import OutputMode, VictimOracle
 from mea.ownership.config import DEFAULT_RATE, WatermarkConfig
@@ -40,6 +45,22 @@ class Defense:
     watermark: WatermarkConfig | None = None
     # Prediction poisoning for every query the detector passes (e.g. MAD); None: exact answers.
     every_query_policy: Policy | None = None
+    # The synthetic-step detector's thresholds, from benign streams of the calibration split; None:
+    # a defense fitted before it (PradaConfig's defaults stand in).
+    steps: StepCalibration | None = None
+
+    def stream_config(self, base: PradaConfig | None = None) -> PradaConfig:
+        """The per-client detectors' configuration with this defense's calibrated step thresholds."""
+        base = base or PradaConfig()
+        if self.steps is None:
+            return base
+        return dataclasses.replace(
+            base, step_radius=self.steps.radius, step_window=self.steps.window, step_count=self.steps.count
+        )
+
+    def gate(self, victim: Victim, output: OutputMode | None = None, budget: int | None = None) -> ClientGate:
+        """The defended victim behind per-client detection and escalation, as `mea serve` runs it."""
+        return ClientGate(self.oracle(victim, output, budget), PradaMonitor(self.stream_config()))
 
     def oracle(
         self,
@@ -103,6 +124,7 @@ def fit_defense(
         calibration_fpr = float(
             (detector.score_images(victim.model, calibration.images) > detector.threshold).float().mean()
         )
+        steps = calibrate(calibration.images, calibration.labels)
         write_json(
             scratch / "defense-config.json",
             {
@@ -115,6 +137,7 @@ def fit_defense(
                 "fitted_on": splits.describe()["victim_train"],
                 "calibrated_on": splits.describe()["calibration"],
                 "calibration_fpr": calibration_fpr,
+                "steps": dataclasses.asdict(steps),
                 "fit_time_s": time.perf_counter() - start,
                 "mea_version": __version__,
                 "command": command_line(),
@@ -151,4 +174,5 @@ def load_defense(directory: Path, victim: Victim) -> Defense:
         None if not watermark else WatermarkConfig.derived(secret, rate=watermark["rate"]),
         # Defense directories from before prediction poisoning have none.
         None if not config.get("every_query_policy") else parse_policy(config["every_query_policy"]),
+        None if not config.get("steps") else StepCalibration(**config["steps"]),
     )

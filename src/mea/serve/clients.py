@@ -10,8 +10,13 @@ several processes answer from one database, each first compares its copy's versi
 database's and reads what the others appended since (all writes are serialised by the database's
 write lock, so row ids grow in the order things happened).
 
+The synthetic-step record (`mea.defenses.steps`) keeps the client's latest `step_memory` queries
+in `step_memory` (8-bit pixels, zlib-compressed, the oldest deleted as new ones come) and its
+counters and latest marks in `client_state`.
+
 Disk cost: a kept query is its float32 pixels, zlib-compressed (about 0.5-1.5 kB for MNIST); at
-most `max_per_class` per class and client; a distance is 8 bytes.
+most `max_per_class` per class and client; a distance is 8 bytes; a remembered query for the step
+detector is its 8-bit pixels, zlib-compressed (about 0.2 kB for MNIST), at most `step_memory`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mea.defenses.prada import LEVEL_NAMES, REFUSED, ClientState, PradaConfig, _GrowingSet
+from mea.defenses.steps import StepRecord, coarse_of
 
 
 @dataclass
@@ -39,14 +45,18 @@ class _Cached:
     saved_level: int = 0
     chunks: deque[tuple[int, int]] = field(default_factory=deque)  # (row id, count) of the distance rows kept
     chunked: int = 0  # the sum of `chunks`' counts, kept as they come and go (a batch of one adds a row)
+    step_rowid: int = 0  # the last step_memory row read or written
+    step_rows: deque[int] = field(default_factory=deque)  # the step_memory row ids kept, oldest first
+    saved_added: int = 0  # step_record.added when last saved or loaded
 
 
 class ClientRecords:
     """The service's per-client states; every method runs inside the database's write lock."""
 
-    def __init__(self, config: PradaConfig, dim: int) -> None:
+    def __init__(self, config: PradaConfig, image_shape: tuple[int, ...]) -> None:
         self.config = config
-        self.dim = dim
+        self.image_shape = tuple(image_shape)
+        self.dim = int(np.prod(image_shape))
         self._cache: dict[str, _Cached] = {}
 
     def load(self, connection: sqlite3.Connection, key_id: str) -> ClientState:
@@ -54,7 +64,7 @@ class ClientRecords:
         cached = self._cache.get(key_id)
         row = connection.execute(
             "SELECT epoch, version, level, queries, tested_at, flagged_ood, statistic, prada_flagged_at, "
-            "distance_count FROM client_state WHERE key_id = ?",
+            "distance_count, steps, steps_flagged_at, step_marks, ood_marks FROM client_state WHERE key_id = ?",
             (key_id,),
         ).fetchone()
         if cached is None or (row is not None and row[0] != cached.epoch):
@@ -63,7 +73,8 @@ class ClientRecords:
             return cached.state
         state = cached.state
         version, state.level, state.queries, state.tested_at, state.flagged_ood = row[1:6]
-        state.statistic, state.prada_flagged_at, state.distance_count = row[6:]
+        state.statistic, state.prada_flagged_at, state.distance_count = row[6:9]
+        self._load_steps(connection, key_id, cached, *row[9:])
         for rowid, label, image, distance, threshold in connection.execute(
             "SELECT id, class, image, distance, threshold FROM prada_kept WHERE key_id = ? AND id > ? ORDER BY id",
             (key_id, cached.kept_rowid),
@@ -88,10 +99,41 @@ class ClientRecords:
         cached.version, cached.saved_distances, cached.saved_level = version, state.distance_count, state.level
         return state
 
+    def _load_steps(
+        self,
+        connection: sqlite3.Connection,
+        key_id: str,
+        cached: _Cached,
+        steps: int,
+        flagged_at: int | None,
+        step_marks: bytes | None,
+        ood_marks: bytes | None,
+    ) -> None:
+        """The step record and OOD window: the queries remembered since the last read, the marks as written."""
+        state = cached.state
+        if state.step_record is None:
+            state.step_record = StepRecord(self.config.step_memory, self.config.step_window)
+        record = state.step_record
+        rows = connection.execute(
+            "SELECT id, image FROM step_memory WHERE key_id = ? AND id > ? ORDER BY id", (key_id, cached.step_rowid)
+        ).fetchall()
+        if rows:
+            pixels = np.stack([np.frombuffer(zlib.decompress(image), dtype=np.uint8) for _, image in rows])
+            record.add(pixels, coarse_of(pixels, self.image_shape))
+            cached.step_rows.extend(rowid for rowid, _ in rows)
+            while len(cached.step_rows) > self.config.step_memory:
+                cached.step_rows.popleft()
+            cached.step_rowid = rows[-1][0]
+        record.steps, record.flagged_at = steps, flagged_at
+        record.marks = deque(bool(b) for b in (step_marks or b""))
+        state.ood_marks = deque(bool(b) for b in (ood_marks or b""))
+        cached.saved_added = record.added
+
     def save(self, connection: sqlite3.Connection, key_id: str, state: ClientState) -> None:
         """Write what changed since the last load or save of this client."""
         cached = self._cache[key_id]
         now = time.time()
+        self._save_step_memory(connection, key_id, cached, state)
         for label, kept in state.sets.items():
             start = cached.saved_sizes.get(label, 0)
             rows = []
@@ -117,13 +159,17 @@ class ClientRecords:
             self._drop_old_distances(connection, key_id, cached)
         since_clause = ", level_since = excluded.level_since" if state.level != cached.saved_level else ""
         version = cached.version + 1
+        record = state.step_record
         connection.execute(
             "INSERT INTO client_state (key_id, version, level, level_since, queries, tested_at, flagged_ood, "
-            "statistic, prada_flagged_at, distance_count, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "statistic, prada_flagged_at, distance_count, updated, steps, steps_flagged_at, step_marks, ood_marks) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (key_id) DO UPDATE SET version = excluded.version, level = excluded.level, "
             "queries = excluded.queries, tested_at = excluded.tested_at, flagged_ood = excluded.flagged_ood, "
             "statistic = excluded.statistic, prada_flagged_at = excluded.prada_flagged_at, "
-            f"distance_count = excluded.distance_count, updated = excluded.updated{since_clause}",
+            "distance_count = excluded.distance_count, updated = excluded.updated, steps = excluded.steps, "
+            "steps_flagged_at = excluded.steps_flagged_at, step_marks = excluded.step_marks, "
+            f"ood_marks = excluded.ood_marks{since_clause}",
             (
                 key_id,
                 version,
@@ -136,9 +182,34 @@ class ClientRecords:
                 state.prada_flagged_at,
                 state.distance_count,
                 now,
+                0 if record is None else record.steps,
+                None if record is None else record.flagged_at,
+                None if record is None else bytes(record.marks),
+                bytes(state.ood_marks),
             ),
         )
         cached.version, cached.saved_distances, cached.saved_level = version, state.distance_count, state.level
+
+    def _save_step_memory(
+        self, connection: sqlite3.Connection, key_id: str, cached: _Cached, state: ClientState
+    ) -> None:
+        """Append the queries remembered since the last save; delete those the record has forgotten."""
+        record = state.step_record
+        if record is None or record.added == cached.saved_added:
+            return
+        new = record.latest(record.added - cached.saved_added)
+        for pixels in new:
+            cursor = connection.execute(
+                "INSERT INTO step_memory (key_id, image) VALUES (?, ?)", (key_id, zlib.compress(pixels.tobytes(), 1))
+            )
+            cached.step_rows.append(int(cursor.lastrowid))
+        cached.step_rowid = cached.step_rows[-1]
+        stale = []
+        while len(cached.step_rows) > self.config.step_memory:
+            stale.append((key_id, cached.step_rows.popleft()))
+        if stale:
+            connection.executemany("DELETE FROM step_memory WHERE key_id = ? AND id = ?", stale)
+        cached.saved_added = record.added
 
     def _drop_old_distances(self, connection: sqlite3.Connection, key_id: str, cached: _Cached) -> None:
         """Delete distance rows no longer needed to rebuild the latest `max_distances`."""
@@ -166,12 +237,14 @@ class ClientRecords:
             return
         connection.execute("DELETE FROM prada_kept WHERE key_id = ?", (key_id,))
         connection.execute("DELETE FROM prada_distances WHERE key_id = ?", (key_id,))
+        connection.execute("DELETE FROM step_memory WHERE key_id = ?", (key_id,))
         connection.execute(
             "INSERT INTO client_state (key_id, epoch, version, level, level_since, queries, tested_at, flagged_ood, "
             "distance_count, updated) VALUES (?, 1, 1, ?, ?, 0, 0, 0, 0, ?) ON CONFLICT (key_id) DO UPDATE SET "
             "epoch = epoch + 1, version = version + 1, level = excluded.level, level_since = excluded.level_since, "
             "queries = 0, tested_at = 0, flagged_ood = 0, statistic = NULL, prada_flagged_at = NULL, "
-            "distance_count = 0, updated = excluded.updated",
+            "distance_count = 0, updated = excluded.updated, steps = 0, steps_flagged_at = NULL, step_marks = NULL, "
+            "ood_marks = NULL",
             (key_id, level, now, now),
         )
 
@@ -182,3 +255,4 @@ class ClientRecords:
 
 def level_name(level: int) -> str:
     return LEVEL_NAMES[level]
+

@@ -127,6 +127,20 @@ MIGRATIONS: tuple[str, ...] = (
         expires REAL NOT NULL
     );
     """,
+    # 3: the synthetic-step detector (mea.defenses.steps): each client's latest queries as 8-bit
+    # pixels, its step and OOD marks of the latest windows, and when its steps first filled a window.
+    """
+    ALTER TABLE client_state ADD COLUMN steps INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE client_state ADD COLUMN steps_flagged_at INTEGER;
+    ALTER TABLE client_state ADD COLUMN step_marks BLOB;
+    ALTER TABLE client_state ADD COLUMN ood_marks BLOB;
+    CREATE TABLE step_memory (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key_id TEXT NOT NULL,
+        image BLOB NOT NULL
+    );
+    CREATE INDEX step_memory_key ON step_memory (key_id, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -130,10 +130,11 @@ class Service:
         self._recent = _RecentKeys()
         self.rejected = audit.RejectCounter(self.db)
         self.refusals = TokenBuckets(config.refusals_per_s, config.refusals_burst)
-        self.monitor = PradaMonitor(config.prada)
+        prada = config.prada if defense is None else defense.stream_config(config.prada)
+        self.monitor = PradaMonitor(prada)
         self.signature = victim.signature
         self.layout = InputLayout(self.signature.image_shape)  # what a request's tensor may be
-        self.clients = ClientRecords(config.prada, self.layout.pixels)
+        self.clients = ClientRecords(prada, self.signature.image_shape)
         oracle = defense.oracle(victim) if defense is not None else VictimOracle(victim.model)
         self.gate = ClientGate(oracle, self.monitor)
         self._model = threading.Lock()  # one batch at a time through the model: its threads are the machine's
