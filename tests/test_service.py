@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mea.config import ServeConfig
+from mea.config import PradaConfig, ServeConfig
 from mea.data import load
 from mea.defenses.gate import ClientGate
 from mea.defenses.prada import REFUSED, ClientState, PradaMonitor
@@ -36,6 +36,10 @@ def assert_same_state(actual: ClientState, expected: ClientState) -> None:
     for name in ("queries", "distance_count", "tested_at", "flagged_ood", "statistic", "prada_flagged_at", "level"):
         assert getattr(actual, name) == getattr(expected, name), name
     assert actual.distances == expected.distances
+    assert list(actual.ood_marks) == list(expected.ood_marks)
+    mine, theirs = actual.step_record, expected.step_record
+    assert (mine.steps, mine.flagged_at, list(mine.marks)) == (theirs.steps, theirs.flagged_at, list(theirs.marks))
+    assert np.array_equal(mine.latest(mine.memory), theirs.latest(theirs.memory))
     assert sorted(actual.sets) == sorted(expected.sets)
     for label, kept in expected.sets.items():
         mine = actual.sets[label]
@@ -52,7 +56,7 @@ def test_processes_sharing_a_database_and_a_restart_keep_the_exact_detector_stat
     first, second = Service(config, victim, defense), Service(config, victim, defense)
     key = KeyStore(first.db).create("alternating")[0]
     # One uninterrupted in-memory gate sees the whole stream: the reference.
-    reference = ClientGate(defense.oracle(victim), PradaMonitor(config.prada))
+    reference = ClientGate(defense.oracle(victim), PradaMonitor(defense.stream_config(config.prada)))
     for i, images in enumerate(stream):
         service = (first, second)[i % 2]  # two "processes" take turns, as workers behind one port do
         outcome = service.infer(key, request(images), None)
@@ -67,6 +71,35 @@ def test_processes_sharing_a_database_and_a_restart_keep_the_exact_detector_stat
     restarted = Service(config, victim, defense)
     with restarted.db.write() as connection:
         assert_same_state(restarted.clients.load(connection, key.id), expected)
+
+
+def test_a_synthetic_step_stream_is_refused_across_processes_and_a_restart(victim, defense_dir, data_dir, tmp_path):
+    """Seeds, then signed steps of 0.1 from them (as Jacobian-based augmentation makes its queries),
+    sent through two processes in turn with a restart between: refused where one process would."""
+    defense = load_defense(defense_dir, victim)
+    config = ServeConfig(db=tmp_path / "service.db", shared_db=True, prada=PradaConfig(step_memory=64))
+    seeds = load("mnist", "train", data_dir).images[:40]
+    steps = (seeds + 0.1 * torch.randn(seeds.shape, generator=torch.Generator().manual_seed(0)).sign()).clamp(0, 1)
+    batches = list(torch.cat([seeds, steps, steps.flip(0)]).split(10))  # the second half: steps seen before
+    reference = ClientGate(defense.oracle(victim), PradaMonitor(defense.stream_config(config.prada)))
+    first, second = Service(config, victim, defense), Service(config, victim, defense)
+    key = KeyStore(first.db).create("stepper")[0]
+    refused_at = None
+    for i, images in enumerate(batches):
+        if i == 3:  # a restart before the steps: the seeds they step from come back from the database
+            second = Service(config, victim, defense)
+        outcome = (first, second)[i % 2].infer(key, request(images), None)
+        reference.answer(key.id, images)
+        if isinstance(outcome, Refusal):
+            refused_at = i
+            break
+    expected = reference.monitor.state(key.id)
+    assert expected.steps_flagged_at == 40 + defense.stream_config().step_count
+    assert refused_at == 4  # the batch in which the window filled is not answered
+    with second.db.write() as connection:
+        assert_same_state(second.clients.load(connection, key.id), expected)
+        kept = connection.execute("SELECT COUNT(*) FROM step_memory WHERE key_id = ?", (key.id,)).fetchone()[0]
+    assert kept == min(64, expected.queries)
 
 
 def test_quota_and_rate_are_checked_and_charged_in_one_transaction(victim, stream, tmp_path):

@@ -9,6 +9,8 @@ Each one is a small wrapper, so it combines with every strategy and output mode:
   keeps the mean answer where all copies agree on the top class and drops the image where they do
   not: misinformation keyed per exact input gives a different wrong class to each copy, and so
   betrays itself (after the consistency checks discussed by Kariyappa & Qureshi 2020, Section 6).
+  Against noise keyed on a coarse code of the image (`mea.keying`) an attacker who knows the scheme
+  jitters harder, or shifts each copy by up to `shift` pixels, to push copies into other codes.
 - `CoverTraffic` (a strategy wrapper) mixes natural pool images into another strategy's batches so
   that the client's out-of-distribution rate stays under the service's suspicion threshold; the
   cover images are answered honestly and train the clone too.
@@ -25,6 +27,7 @@ from mea.attacks.strategy import AttackState, Queries, Strategy
 from mea.data.pools import Pool
 from mea.errors import ConfigError
 from mea.oracle import Oracle, OracleWrapper, OutputMode
+from mea.training import random_shift
 
 
 class _AskingSeveralTimes(OracleWrapper):
@@ -47,18 +50,25 @@ class RepeatAveraging(_AskingSeveralTimes):
 
 
 class JitterConsensus(_AskingSeveralTimes):
-    def __init__(self, oracle: Oracle, copies: int = 3, jitter: float = 2 / 255, seed: int = 0) -> None:
+    def __init__(
+        self, oracle: Oracle, copies: int = 3, jitter: float = 2 / 255, seed: int = 0, shift: int = 0
+    ) -> None:
         if copies < 2:
             raise ConfigError(f"jitter consensus needs at least 2 copies, got {copies}")
         if not 0 < jitter <= 0.1:
             raise ConfigError(f"the jitter must lie in (0, 0.1], got {jitter}")
+        if not 0 <= shift <= 4:
+            raise ConfigError(f"the shift must lie in [0, 4] pixels, got {shift}")
         super().__init__(oracle, copies)
         self._jitter = jitter
+        self._shift = shift
         self._generator = torch.Generator().manual_seed(seed)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         copies = images.repeat_interleave(self.queries_per_image, dim=0)
-        # Jitter of a couple of grey levels: invisible to the victim, enough to change every keyed hash.
+        if self._shift:  # every copy moved by its own offset (the first one too), filled with zeros
+            copies = random_shift(copies, self._shift, self._generator)
+        # Jitter of a couple of grey levels: invisible to the victim, enough to change every exact hash.
         noise = (torch.rand(copies.shape, generator=self._generator) * 2 - 1) * self._jitter
         answers = self._oracle.query((copies + noise).clamp(0, 1))
         answers = answers.view(len(images), self.queries_per_image, -1)

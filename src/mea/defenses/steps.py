@@ -112,31 +112,32 @@ class StepRecord:
 
 
 def nearest_linf(record: StepRecord, pixels: np.ndarray, small: np.ndarray) -> np.ndarray:
-    """Each query's L-infinity distance (grey levels) to its nearest earlier query of the client,
-    among the record's memory and the queries before it in this batch; identical copies skipped;
-    256 where there is none."""
-    n = len(pixels)
+    """Each query's L-infinity distance (grey levels) to its nearest earlier query among the
+    `memory` queries just before it (the record's, then this batch's), identical copies skipped;
+    256 where there is none.  The same marks whatever the batching: the i-th query of a batch sees
+    the record's latest `memory - i` and the batch's first i."""
+    n, size = len(pixels), record.size
+    order = (record.head - size + np.arange(size)) % record.memory if size else np.zeros(0, np.int64)
     norms = (small * small).sum(1)
-    blocks = []
-    if record.size:
-        kept = slice(0, record.size)
-        blocks.append((record.small[kept], record.norms[kept], record.pixels[kept], None))
-    # Earlier queries of the same batch: only j < i counts for query i.
-    blocks.append((small, norms, pixels, np.triu(np.ones((n, n), dtype=bool))))
-    best = np.full(n, 256, dtype=np.int64)
-    for candidates, candidate_norms, candidate_pixels, later in blocks:
-        squared = norms[:, None] + candidate_norms[None, :] - 2 * (small @ candidates.T)
-        if later is not None:
-            squared[later] = np.inf
-        k = min(CANDIDATES, squared.shape[1])
-        if k == 0:
-            continue
-        nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
-        gaps = np.abs(candidate_pixels[nearest].astype(np.int16) - pixels[:, None, :].astype(np.int16)).max(2)
-        # An identical copy is a repeat, not a step; a masked candidate (a later query) is none.
-        gaps[(gaps == 0) | ~np.isfinite(np.take_along_axis(squared, nearest, 1))] = 256
-        best = np.minimum(best, gaps.min(1))
-    return best
+    candidates = np.concatenate([record.small[order], small]) if size else small
+    candidate_norms = np.concatenate([record.norms[order], norms]) if size else norms
+    squared = norms[:, None] + candidate_norms[None, :] - 2 * (small @ candidates.T)
+    position = size + np.arange(n)[:, None]  # each query's own place among the candidates
+    column = np.arange(len(candidates))[None, :]
+    squared[(column >= position) | (column < position - record.memory)] = np.inf
+    k = min(CANDIDATES, squared.shape[1])
+    nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+    # The candidates' full pixels, from the ring buffer or the batch, only for the nearest few.
+    if size:
+        from_memory = (nearest < size)[..., None]
+        in_memory, in_batch = order[np.clip(nearest, 0, size - 1)], np.clip(nearest - size, 0, n - 1)
+        chosen = np.where(from_memory, record.pixels[in_memory], pixels[in_batch])
+    else:
+        chosen = pixels[nearest]
+    gaps = np.abs(chosen.astype(np.int16) - pixels[:, None, :].astype(np.int16)).max(2)
+    # An identical copy is a repeat, not a step; a masked candidate is none.
+    gaps[(gaps == 0) | ~np.isfinite(np.take_along_axis(squared, nearest, 1))] = 256
+    return gaps.min(1)
 
 
 def observe_steps(
