@@ -300,6 +300,12 @@ def benign_rows(victim: Victim, defense: Defense, seed: int, batch: int = 100) -
         answers = torch.cat(answered)
         truth = labels[name][: len(answers)]
         own = predict_logits(victim.model, images[: len(answers)]).argmax(1)
+        # The same client through the defense without per-client escalation (the OOD gate's policy
+        # and the watermark only): what the stream detectors themselves cost it.
+        stateless = defense.oracle(victim, parse_output("label"))
+        plain = torch.cat(
+            [stateless.respond(images[i : i + size], "benign").answers.argmax(1) for i in range(0, len(answers), size)]
+        )
         state = gate.monitor.state("benign")
         row = {
             "draw": seed,
@@ -310,6 +316,7 @@ def benign_rows(victim: Victim, defense: Defense, seed: int, batch: int = 100) -
             "steps": 0 if state.step_record is None else state.step_record.steps,
             "prada_flagged_at": state.prada_flagged_at,
             "accuracy": float((answers == truth).float().mean()),
+            "without_escalation_accuracy": float((plain == truth).float().mean()),
             "undefended_accuracy": float((own == truth).float().mean()),
         }
         rows.append(row)
