@@ -43,8 +43,10 @@ from mea.attacks import extract, make_strategy
 from mea.attacks.adaptive import CoverTraffic, JitterConsensus, RepeatAveraging
 from mea.data import load, make_pool
 from mea.defenses.gate import ClientOracle
+from mea.defenses.prada import REFUSED
 from mea.defenses.steps import benign_streams
 from mea.defenses.store import Defense, load_defense
+from mea.errors import ConfigError
 from mea.metrics import agreement
 from mea.oracle import Oracle, VictimOracle, parse_output
 from mea.training import LabelLoss, TrainConfig, predict_logits
@@ -102,7 +104,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     for (attacker, defender), group in groups.items():
         entry: dict = {"attacker": attacker, "defender": defender, "budget": group[0]["budget"], "draws": len(group)}
         for key in ("clone_accuracy", "fidelity", "answers_kept", "queries_spent"):
-            entry[key] = spread([float(row[key]) for row in group])
+            values = [float(row[key]) for row in group if row[key] is not None]
+            entry[key] = spread(values) if values else None  # None: refused before any answer, every draw
+        entry["no_clone"] = sum(row["clone_accuracy"] is None for row in group)
         entry["refused_after"] = [row["refused_after"] for row in group]
         for key in ("prada_flagged_at", "steps_flagged_at"):
             entry[key] = [(row["client"] or {}).get(key) for row in group]
@@ -241,36 +245,57 @@ def run_draw(victim: Victim, defense: Defense, queries: int, seed: int) -> list[
             if wrap is not None:
                 oracle = wrap(oracle)
             train = LABEL_TRAIN if output == label else TRAIN
-            result = extract(oracle, pools[pool_name], strategy(), budget, train=train, seed=seed, progress=False)
-            clone_logits = predict_logits(result.clone, test.images)
+            try:
+                result = extract(oracle, pools[pool_name], strategy(), budget, train=train, seed=seed, progress=False)
+            except ConfigError:
+                if not isinstance(oracle, ClientOracle | JitterConsensus) or not _refused(oracle):
+                    raise
+                result = None  # refused in its first batch: not one answer, no clone
+            clone_logits = None if result is None else predict_logits(result.clone, test.images)
             monitor_state = None
-            if isinstance(oracle, ClientOracle):
-                state = oracle.state
+            client = getattr(oracle, "_oracle", oracle)  # a consensus or averaging wrapper's gate
+            if isinstance(client, ClientOracle):
+                state = client.state
                 monitor_state = {
                     "prada_flagged_at": state.prada_flagged_at,
                     "steps_flagged_at": state.steps_flagged_at,
                     "ood_rate": state.ood_rate,
+                }
+            if result is None:
+                spent = oracle.queries_used
+                row = {"queries_spent": spent, "answers_kept": 0, "refused_after": spent, "clone_accuracy": None}
+                row["fidelity"] = None
+            else:
+                row = {
+                    "queries_spent": result.queries,
+                    "answers_kept": len(result.transfer),
+                    "refused_after": result.refused_after,
+                    "clone_accuracy": float((clone_logits.argmax(1) == test.labels).float().mean()),
+                    "fidelity": agreement(clone_logits, victim_logits),
                 }
             row = {
                 "draw": seed,
                 "attacker": attacker,
                 "defender": defender,
                 "budget": budget,
-                "queries_spent": result.queries,
-                "answers_kept": len(result.transfer),
-                "refused_after": result.refused_after,
+                **row,
                 "client": monitor_state,
-                "clone_accuracy": float((clone_logits.argmax(1) == test.labels).float().mean()),
-                "fidelity": agreement(clone_logits, victim_logits),
             }
             rows.append(row)
             refused = f", refused after {row['refused_after']}" if row["refused_after"] is not None else ""
+            accuracy = "none (no answer)" if row["clone_accuracy"] is None else f"{row['clone_accuracy']:.2%}"
             print(
-                f"draw {seed}: {attacker[:60]:60s} vs {defender:15s}: clone accuracy {row['clone_accuracy']:.2%}, "
+                f"draw {seed}: {attacker[:60]:60s} vs {defender:15s}: clone accuracy {accuracy}, "
                 f"{row['answers_kept']} answers kept of {row['queries_spent']} queries{refused}",
                 flush=True,
             )
     return rows
+
+
+def _refused(oracle) -> bool:
+    """Whether the service behind this attacker's oracle (a gate, perhaps inside a wrapper) refused it."""
+    inner = getattr(oracle, "_oracle", oracle)
+    return isinstance(inner, ClientOracle) and inner.state.level >= REFUSED
 
 
 def benign_rows(victim: Victim, defense: Defense, seed: int, batch: int = 100) -> list[dict]:

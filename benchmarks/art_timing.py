@@ -1,5 +1,5 @@
 """Where the time of a 10,000-label extraction goes, in this project and in IBM ART: the speed claim
-of BENCHMARKS.md taken apart.
+of docs/benchmarks.md taken apart.
 
 One victim, the same 10,000 query images (benchmarks.run's draw), LeNet-5 thieves, label answers:
 

@@ -13,7 +13,7 @@ chance with every query flagged.
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part curves-a
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part curves-b
     python -m benchmarks.data_free --victim runs/victim --defense runs/defense --part detection
-    python -m benchmarks.data_free --plot     # merges the parts: data_free.json and data_free.png
+    python -m benchmarks.data_free --plot     # merges the parts: data_free.json and docs/data_free.png
 
 Each curve is written to data_free_curves/STRATEGY_DEFENDER.json as soon as it ends; `--curve
 dfms:none:2000000` (repeatable) reruns single curves of a part.
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.defense_keys import draw_key
-from benchmarks.provenance import RESULTS, Provenance
+from benchmarks.provenance import FIGURES, RESULTS, Provenance
 from mea.attacks import extract, make_strategy
 from mea.attacks.data_free import run_data_free
 from mea.data import load, make_pool
@@ -298,8 +298,8 @@ def merge_and_plot() -> None:
     axes[0].legend(title="defender")
     figure.suptitle("Data-free extraction of the MNIST LeNet: no real image used by the attacker")
     figure.tight_layout()
-    figure.savefig(RESULTS / "data_free.png", dpi=110)
-    print(f"written to {RESULTS / 'data_free.json'} and {RESULTS / 'data_free.png'}")
+    figure.savefig(FIGURES / "data_free.png", dpi=110)
+    print(f"written to {RESULTS / 'data_free.json'} and {FIGURES / 'data_free.png'}")
 
 
 if __name__ == "__main__":

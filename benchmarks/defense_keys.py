@@ -254,6 +254,7 @@ def main() -> None:
     print("benign streams through the service gate ...", flush=True)
     record = {
         "provenance": provenance.record(),
+        "keying": "coarse",  # noise keyed on a coarse code of the image (mea.keying), not the exact pixels
         "victim_fingerprint": victim.fingerprint,
         "detector": fitted.detector.describe(),
         "policy": fitted.policy.spec,

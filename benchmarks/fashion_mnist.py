@@ -14,7 +14,7 @@ from uniform noise (the attacker holds no Fashion-MNIST), beside the reference o
 does, at 1,000 / 5,000 / 20,000 queries over two seeds.  The summary (victim accuracy, fidelity
 against the budget per attack and pool, detector AUROC per source, clone accuracy with and without
 the defense) goes to benchmarks/results/fashion_mnist.json, the sweep's trials beside it, and a
-plot to fashion_mnist.png.  Steps whose output exists are skipped (pass --fresh to rerun them).
+plot to docs/fashion_mnist.png.  Steps whose output exists are skipped (pass --fresh to rerun them).
 
     python -m benchmarks.fashion_mnist [--runs runs/fashion-mnist] [--fresh]
 """
@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.provenance import RESULTS, ROOT, Provenance
+from benchmarks.provenance import FIGURES, RESULTS, ROOT, Provenance
 
 SWEEP = ROOT / "benchmarks" / "sweeps" / "fashion_mnist.yaml"
 EVAL_QUERIES = 20_000
@@ -147,7 +147,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fashion_mnist.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.copyfile(args.runs / "sweep" / "results.jsonl", RESULTS / "fashion_mnist_trials.jsonl")
-    plot(summary, RESULTS / "fashion_mnist.png")
+    plot(summary, FIGURES / "fashion_mnist.png")
     print(f"wrote {RESULTS / 'fashion_mnist.json'}", file=sys.stderr)
 
 

@@ -1,7 +1,7 @@
 """Where a results file came from: the command, the date, the code's revision and the machine.
 
 Every results file under benchmarks/results/ carries one `provenance` record, so that a figure in
-README.md or BENCHMARKS.md can be traced to the run that produced it, and a timing can be judged
+README.md or docs/benchmarks.md can be traced to the run that produced it, and a timing can be judged
 by the load the machine was under when it was taken (the 1-minute load average, read from
 /proc/loadavg at the start and at the end of the measurement).
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "docs"  # the docs site's figures, drawn from the results files
 
 
 def load_average() -> float | None:

@@ -1,6 +1,6 @@
-"""Render the generated blocks of README.md and BENCHMARKS.md from benchmarks/results/, or check them.
+"""Render the generated blocks of README.md and docs/*.md from benchmarks/results/, or check them.
 
-README.md and BENCHMARKS.md are written by hand except for their generated blocks, each between
+Those documents are written by hand except for their generated blocks, each between
 
     <!-- mea:begin NAME -->
     ...
@@ -26,7 +26,8 @@ from pathlib import Path
 from benchmarks.render import BLOCKS, MissingResults, Results
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = (ROOT / "README.md", ROOT / "BENCHMARKS.md")
+# The front door, then the docs site's pages (mkdocs.yml).
+DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 BLOCK = re.compile(
     r"(?P<begin><!-- mea:begin (?P<name>[\w-]+) -->\n)(?P<body>.*?)(?P<end>\n?<!-- mea:end (?P=name) -->)", re.S
 )
@@ -92,7 +93,7 @@ def run(check: bool, documents: tuple[Path, ...] = DOCUMENTS, results_dir: Path 
             path.write_text(rendered)
     if documents == DOCUMENTS:
         for name in sorted(set(BLOCKS) - used):
-            findings.append(Finding("README.md/BENCHMARKS.md", name, "defined in benchmarks.render but placed nowhere"))
+            findings.append(Finding("README.md/docs", name, "defined in benchmarks.render but placed nowhere"))
     return findings
 
 
@@ -106,7 +107,7 @@ def main() -> None:
         print(f"error: {finding}", file=sys.stderr)
     if stale:
         sys.exit(1)
-    print("README.md and BENCHMARKS.md: every block " + ("up to date" if args.check else "rendered"))
+    print("README.md and docs/*.md: every block " + ("up to date" if args.check else "rendered"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Retake every time in README.md and BENCHMARKS.md, on a machine nobody else is using, then re-render.
+# Retake every time in README.md and docs/benchmarks.md, on a machine nobody else is using, then re-render.
 #
 #   benchmarks/regenerate_timings.sh [VICTIM_DIR] [DEFENSE_DIR]     (default: runs/victim runs/defense)
 #

@@ -7,7 +7,7 @@ configuration against this project's default; this project's OOD-gated defense a
 postprocessors under the same attacks; and throughput against the machine's measured peak.
 Every attack runs for `--seeds` seeds (the query draw, the clones' initialisation and shuffles,
 and for the OOD-gated defense the noise key of draw s of `benchmarks.defense_keys`).  Writes
-benchmarks/results/benchmarks_full.json (or _quick) and a plot, then re-renders BENCHMARKS.md's
+benchmarks/results/benchmarks_full.json (or _quick) and a plot, then re-renders docs/benchmarks.md's
 blocks from it (`python -m benchmarks.readme`).
 
     pip install -e '.[bench]'
@@ -52,7 +52,7 @@ from benchmarks.peers import (
     require_art,
     seed_globals,
 )
-from benchmarks.provenance import RESULTS, ROOT, Provenance
+from benchmarks.provenance import FIGURES, RESULTS, ROOT, Provenance
 from benchmarks.render import benchmarks_page
 from mea import models
 from mea.attacks import make_strategy
@@ -66,7 +66,7 @@ from mea.seeding import generator
 from mea.training import TrainConfig, fit, predict_logits
 from mea.victim import Victim, VictimConfig, load_victim, train_victim
 
-# ART's thief configuration used by --quick: the best of the full run's search (see BENCHMARKS.md).
+# ART's thief configuration used by --quick: the best of the full run's search (see docs/benchmarks.md).
 ART_BEST = ArtThief(batch_size_fit=64, lr=3e-3)
 ART_SEARCH = tuple(ArtThief(batch_size, lr) for batch_size in (64, 256) for lr in (1e-3, 3e-3))
 OUTPUTS: dict[str, OutputMode] = {"probabilities": Probabilities(), "label": Label()}
@@ -419,7 +419,7 @@ def main() -> None:
         log("4. limits")
         record["limits"] = limits_section(bench)
         args.results.mkdir(parents=True, exist_ok=True)
-        plot = args.results / f"benchmark_defenses_{mode}.png"
+        plot = FIGURES / f"benchmark_defenses_{mode}.png"
         defense_plot(record["defenses"], plot)
         record["plot"] = os.path.relpath(plot, ROOT)
         record = {"provenance": provenance.record(art=require_art()), **record}
@@ -430,7 +430,7 @@ def main() -> None:
 
 
 def write_markdown(record: dict, results: Path) -> None:
-    """The full run re-renders BENCHMARKS.md's (and the README's) blocks; the quick run writes its own page."""
+    """The full run re-renders docs/benchmarks.md's (and the README's) blocks; the quick run writes its own page."""
     if record["plan"]["quick"]:
         page = results / "BENCHMARKS_quick.md"
         page.write_text(benchmarks_page(record, os.path.relpath(ROOT, results)) + "\n")
@@ -439,7 +439,7 @@ def write_markdown(record: dict, results: Path) -> None:
     findings = [f for f in readme.run(check=False) if f.problem != readme.STALE]
     for finding in findings:
         log(f"warning: {finding}")
-    log("re-rendered README.md and BENCHMARKS.md")
+    log("re-rendered README.md and docs/benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""README.md and BENCHMARKS.md against their results files: every generated block must be what
+"""README.md and docs/benchmarks.md against their results files: every generated block must be what
 `python -m benchmarks.readme` renders from the committed files under benchmarks/results/, and no
 figure may sit outside a block.  Pure Python: reads JSON, trains nothing."""
 
@@ -42,12 +42,18 @@ def _new(findings: list, baseline: list) -> list[tuple[str, str]]:
     return [(f.block, f.problem) for f in findings if f not in baseline]
 
 
+def _holding(name: str) -> Path:
+    """The document that holds block `name`."""
+    return next(path for path in readme.DOCUMENTS if f"<!-- mea:begin {name} -->" in path.read_text())
+
+
 def test_check_names_a_block_whose_figure_was_edited_by_hand():
-    text = readme.DOCUMENTS[0].read_text()
+    path = _holding("victim")
+    text = path.read_text()
     at = _first_number_in_block(text, "victim")
     edited = text[:at] + "1" + text[at:]
-    _, baseline = readme.render_document(text, Results(), "README.md")
-    _, findings = readme.render_document(edited, Results(), "README.md")
+    _, baseline = readme.render_document(text, Results(), path.name)
+    _, findings = readme.render_document(edited, Results(), path.name)
     assert _new(findings, baseline) == [("victim", readme.STALE)]
 
 
@@ -118,13 +124,13 @@ def test_every_results_file_names_the_same_victim():
 @pytest.mark.parametrize(("name", "block"), sorted(OWN_VICTIM.items()))
 def test_a_result_against_another_victim_names_it_in_its_block(name, block):
     record = json.loads((RESULTS / name).read_text())
-    text = readme.DOCUMENTS[0].read_text()
+    text = _holding(block).read_text()
     body = text[text.index(f"<!-- mea:begin {block} -->") : text.index(f"<!-- mea:end {block} -->")]
     headline = json.loads((RESULTS / "headline.json").read_text())
     readme_victim = _victim_fingerprint(headline)
     assert readme_victim is not None and record["victim"]["fingerprint"] != readme_victim
     assert f"`{record['victim']['fingerprint'][:12]}`" in body
-    assert "not the victim of the rest of this README" in body
+    assert "not the victim of the other results" in body
 
 
 # A figure: a number with a decimal point or a thousands separator, a percentage, a duration or a
