@@ -291,8 +291,47 @@ def from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
                 for i in range(int(metadata["trees"]))
             ]
             model = Forest(signature, trees)
+        elif arch == "leaf-boxes":
+            model = LeafBoxes(signature, tensors["low"], tensors["high"], tensors["value"])
         else:
             raise ArtifactError(f"{path} names no classic architecture ({arch!r})")
     except (KeyError, ValueError) as exc:
         raise ArtifactError(f"{path} does not hold a complete {arch} model ({exc}); retrain it") from None
     return model.eval()
+
+
+class LeafBoxes(ClassicModel):
+    """A tree as path-finding recovers it (Tramèr et al. 2016, §4.2): its leaves' boxes, each leaf
+    the set low < x <= high (per feature, compared in float32 as the tree compares), and the answer
+    the leaf gives.  An input in no box (a region path-finding never reached) gets `fallback`."""
+
+    arch = "leaf-boxes"
+
+    def __init__(self, signature: Signature, low: torch.Tensor, high: torch.Tensor, value: torch.Tensor) -> None:
+        super().__init__(signature)
+        self.register_buffer("low", low.float())
+        self.register_buffer("high", high.float())
+        value = value.double()
+        self.register_buffer("value", value / value.sum(1, keepdim=True))
+
+    def leaves_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row's box (-1: none)."""
+        flat = x.reshape(len(x), -1).float()
+        found = torch.full((len(flat),), -1, dtype=torch.long)
+        for start in range(0, len(flat), 256):
+            rows = flat[start : start + 256, None, :]
+            inside = ((rows > self.low) & (rows <= self.high)).all(2)  # (rows, leaves)
+            hit = inside.any(1)
+            found[start : start + 256] = torch.where(hit, inside.float().argmax(1), -1)
+        return found
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaves = self.leaves_of(x)
+        fallback = self.value.mean(0, keepdim=True).expand(len(x), -1)
+        return _log(torch.where((leaves >= 0)[:, None], self.value[leaves.clamp_min(0)], fallback))
+
+    def logits(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.forward(flat)
+
+
+ARCHS[LeafBoxes.arch] = LeafBoxes

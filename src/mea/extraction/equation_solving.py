@@ -1,0 +1,303 @@
+"""Equation-solving: the model's parameters from its confidence values (Tramèr et al. 2016, §4.1).
+
+- **logreg and softmax**: each answer's log-probability ratios are linear in the parameters,
+  log(p_k / p_r) = (w_k - w_r).x + (b_k - b_r), so d + 1 points in general position determine the
+  model exactly (up to the softmax's common shift, which changes no answer): one least-squares solve
+  per class against a reference class r.  The paper counts as many queries as unknowns, c(d + 1),
+  for softmax; the ratios need d + 1.
+- **ovr** (one-vs-rest, normalised): log(p_k / p_r) = log sigmoid(z_k) - log sigmoid(z_r) is not
+  linear, but the same residuals are minimised by Gauss-Newton (Levenberg-Marquardt), started from
+  the linear softmax solution; c(d + 1) / (c - 1) points determine it.
+- **mlp** (§4.1.2): the known architecture is fitted to the answers by L-BFGS in float64, on the
+  log-probability ratios (all of an answer's information, the smallest probabilities included), from
+  a few random starts; the paper needs queries in proportion to the unknowns.
+
+Rounded answers (§8, `--output rounded:K`) enter with weights by their precision (a probability
+rounded to K decimals is known to within half a unit of its last place); values rounded to zero
+carry no ratio and are left out.  With `drop_inconsistent`, answers that no model of the class can
+give (a defense's misinformation, a watermark's flipped or swapped values) are found by their
+residuals after a robust (L1) first fit and left out of the final exact solve.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mea.errors import ConfigError
+from mea.extraction.base import Answers, Extraction, ModelClass, QuerySpace
+from mea.oracle import Oracle
+from mea.tabular.models import Activation, BinaryLogistic, OneHiddenLayer, OneVsRest, Softmax
+
+LINEAR = ("logreg", "softmax", "ovr")
+# The smallest probability whose ratio is used: float32's smallest normal number (below it, an
+# answer has lost relative precision).
+FLOOR = 1.2e-38
+# Residuals (in nats of log-probability ratio) above this are inconsistent with exact float32 answers.
+CONSISTENT = 1e-3
+# An MLP fit whose mean squared log-ratio error is below this has matched float32 answers.
+SOLVED = 1e-6
+STAGES = 2  # L-BFGS runs per random start, the weakest unit re-drawn between them
+
+
+def _augment(points: np.ndarray) -> np.ndarray:
+    return np.hstack([points, np.ones((len(points), 1))])
+
+
+def _weights(answers: np.ndarray, halfwidth: float) -> np.ndarray:
+    """Each probability's usable weight: 0 where it carries no ratio, else the inverse of its
+    log's uncertainty (float32 rounding for exact answers, the rounding's half-unit otherwise)."""
+    floor = max(FLOOR, halfwidth)
+    usable = answers > floor
+    error = halfwidth / np.where(usable, answers, 1.0) + 6e-8
+    return np.where(usable, 1.0 / error, 0.0)
+
+
+def solve_log_ratios(
+    points: np.ndarray, answers: np.ndarray, halfwidth: float = 0.0, drop_inconsistent: bool = False
+) -> tuple[np.ndarray, dict]:
+    """Parameters (c, d + 1), class 0's row zero, of the softmax regression whose log-probability
+    ratios fit `answers` at `points` best (weighted least squares per class against a reference)."""
+    x = _augment(points)
+    weight = _weights(answers, halfwidth)
+    classes = answers.shape[1]
+    # The reference: the class whose probabilities are usable most often (then largest on average).
+    reference = int(np.lexsort((answers.mean(0), (weight > 0).sum(0)))[-1])
+    logs = np.log(np.where(weight > 0, answers, 1.0))
+    theta = np.zeros((classes, x.shape[1]))
+    dropped = 0
+    for k in range(classes):
+        if k == reference:
+            continue
+        w = np.minimum(weight[:, k], weight[:, reference])
+        y = logs[:, k] - logs[:, reference]
+        theta[k], removed = _fit_column(x, y, w, drop_inconsistent and halfwidth == 0.0)
+        dropped += removed
+    theta -= theta[0]
+    return theta, {"reference_class": reference, "ratios_dropped": dropped, "ratios_used": int((weight > 0).sum())}
+
+
+def _fit_column(x: np.ndarray, y: np.ndarray, w: np.ndarray, robust: bool) -> tuple[np.ndarray, int]:
+    """Weighted least squares for one class's ratios; robustly, an L1 fit (IRLS) first, then exact
+    least squares on the ratios it finds consistent."""
+    keep = w > 0
+    if keep.sum() < x.shape[1]:
+        raise ConfigError(
+            f"only {int(keep.sum())} answers carry this class's probability ratio and {x.shape[1]} are needed; "
+            "query more points (--queries) or points where every class has some probability"
+        )
+    theta = _wls(x[keep], y[keep], w[keep])
+    if not robust:
+        return theta, 0
+    residual = np.abs(x @ theta - y)
+    if residual[keep].max() <= CONSISTENT:
+        return theta, 0
+    for _ in range(30):  # iteratively reweighted least squares toward the L1 fit
+        theta = _wls(x[keep], y[keep], 1.0 / np.maximum(residual[keep], 1e-9))
+        residual = np.abs(x @ theta - y)
+    for _ in range(3):
+        inliers = keep & (residual <= CONSISTENT)
+        theta = _wls(x[inliers], y[inliers], w[inliers])
+        residual = np.abs(x @ theta - y)
+    return theta, int(keep.sum() - inliers.sum())
+
+
+def _wls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    root = np.sqrt(w / w.max())
+    return np.linalg.lstsq(x * root[:, None], y * root, rcond=None)[0]
+
+
+def refine_ovr(points: np.ndarray, answers: np.ndarray, halfwidth: float, start: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One-vs-rest parameters (c, d + 1) by Levenberg-Marquardt on the log-probability ratios."""
+    from scipy.optimize import least_squares
+
+    x = _augment(points)
+    weight = _weights(answers, halfwidth)
+    reference = int(np.argmax((weight > 0).sum(0)))
+    rows = np.minimum(weight, weight[:, [reference]])
+    root = np.sqrt(rows / rows.max())
+    logs = np.log(np.where(weight > 0, answers, 1.0))
+    target = logs - logs[:, [reference]]
+    classes, width = start.shape
+
+    def residuals(flat: np.ndarray) -> np.ndarray:
+        log_s = -np.logaddexp(0.0, -(x @ flat.reshape(classes, width).T))  # log sigmoid
+        return ((log_s - log_s[:, [reference]] - target) * root).ravel()
+
+    def jacobian(flat: np.ndarray) -> np.ndarray:
+        z = x @ flat.reshape(classes, width).T
+        slope = 1.0 / (1.0 + np.exp(z))  # d log sigmoid(z) / dz
+        jac = np.zeros((len(x), classes, classes, width))
+        for k in range(classes):
+            jac[:, k, k, :] += (slope[:, k] * root[:, k])[:, None] * x
+            jac[:, k, reference, :] -= (slope[:, reference] * root[:, k])[:, None] * x
+        return jac.reshape(len(x) * classes, classes * width)
+
+    result = least_squares(
+        residuals, start.ravel(), jac=jacobian, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200
+    )
+    return result.x.reshape(classes, width), {"solver_iterations": int(result.nfev), "reference_class": reference}
+
+
+def fit_mlp(
+    points: np.ndarray,
+    answers: np.ndarray,
+    halfwidth: float,
+    known: ModelClass,
+    restarts: int,
+    max_iterations: int,
+    rng: np.random.Generator,
+) -> tuple[OneHiddenLayer, dict]:
+    """The known MLP architecture fitted to the answers (see the module docstring).
+
+    Inputs are standardised to the queried box first (L-BFGS is not scale-invariant), and the
+    standardisation is folded back into the first layer.  The fit is nonconvex: each random start
+    runs `max_iterations` L-BFGS iterations, and the starts stop at the first that fits the answers
+    to rounding (SOLVED); otherwise the best is kept."""
+    x = torch.from_numpy(points)
+    p = torch.from_numpy(answers.astype(np.float64))
+    exact = halfwidth == 0.0 and bool((p > FLOOR).all())
+    if exact:
+        logs = p.log()
+        target = logs - logs.mean(1, keepdim=True)
+    else:
+        target = p / p.sum(1, keepdim=True)  # rounded answers: cross-entropy against them
+    low, high = x.min(0).values, x.max(0).values
+    centre, spread = (low + high) / 2, ((high - low) / 2).clamp_min(1e-9)
+    u = (x - centre) / spread
+    d, c, hidden = known.signature.features, known.signature.classes, known.hidden or 0
+    outputs = 1 if c == 2 else c
+    activation = Activation(known.activation or Activation.TANH)
+    best: tuple[float, list[torch.Tensor]] | None = None
+    stages = 0
+    for start in range(restarts):
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        w0 = torch.randn(hidden, d, generator=generator, dtype=torch.float64) / d**0.5
+        # Each unit's hyperplane through a random query point: no unit starts saturated everywhere.
+        through = u[torch.randint(len(u), (hidden,), generator=generator)]
+        parameters = [
+            w0.requires_grad_(True),
+            (-(w0 * through).sum(1)).detach().requires_grad_(True),
+            (torch.randn(outputs, hidden, generator=generator, dtype=torch.float64) / hidden**0.5).requires_grad_(True),
+            torch.zeros(outputs, dtype=torch.float64, requires_grad=True),
+        ]
+
+        def loss_of(values: list[torch.Tensor] = parameters) -> torch.Tensor:
+            pre = u @ values[0].T + values[1]
+            h = torch.tanh(pre) if activation is Activation.TANH else torch.relu(pre)
+            z = h @ values[2].T + values[3]
+            if outputs == 1:
+                z = torch.cat([torch.zeros_like(z), z], 1)
+            if exact:
+                return (z - z.mean(1, keepdim=True) - target).square().sum(1).mean()
+            return -(target * torch.log_softmax(z, 1)).sum(1).mean()
+
+        for stage in range(STAGES):
+            stages += 1
+            final = _lbfgs(parameters, loss_of, max_iterations)
+            if best is None or final < best[0]:
+                best = (final, [t.detach().clone() for t in parameters])
+            if final < SOLVED or not exact or stage == STAGES - 1:
+                break
+            _restart_weakest_unit(parameters, u, activation, generator)
+        if exact and best[0] < SOLVED:
+            break
+    assert best is not None
+    w0, b0, w1, b1 = best[1]
+    w0, b0 = w0 / spread, b0 - (w0 / spread) @ centre  # back to the victim's raw features
+    clone = OneHiddenLayer(known.signature, w0, b0, w1, b1, activation)
+    details = {"loss": best[0], "starts": start + 1, "stages": stages}
+    return clone, details | {"fitted_on": "log-ratios" if exact else "cross-entropy"}
+
+
+def _lbfgs(parameters: list[torch.Tensor], loss_of, iterations: int) -> float:
+    optimiser = torch.optim.LBFGS(
+        parameters,
+        lr=1.0,
+        max_iter=iterations,
+        max_eval=2 * iterations,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-18,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return float(loss_of())
+
+
+@torch.no_grad()
+def _restart_weakest_unit(
+    parameters: list[torch.Tensor], u: torch.Tensor, activation: Activation, generator: torch.Generator
+) -> None:
+    """Re-draw the hidden unit that contributes least to the output (a fit stuck in a local minimum
+    has usually spent a unit on nothing, or two on one feature of the victim)."""
+    w0, b0, w1, _ = parameters
+    pre = u @ w0.T + b0
+    h = torch.tanh(pre) if activation is Activation.TANH else torch.relu(pre)
+    weakest = int((h.std(0) * w1.abs().sum(0)).argmin())
+    d = w0.shape[1]
+    w0[weakest] = torch.randn(d, generator=generator, dtype=torch.float64) / d**0.5
+    b0[weakest] = 0.0
+    w1[:, weakest] = 0.01 * torch.randn(w1.shape[0], generator=generator, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class EquationSolving:
+    """Tramèr et al. 2016's equation-solving attack (§4.1) on logreg, softmax, ovr and mlp victims.
+
+    `queries`: points to query (None: as many as the model class needs, d + 1 for logreg and
+    softmax, the unknowns over c - 1 for ovr, twice the unknowns for an MLP); `drop_inconsistent`:
+    find and leave out answers no model of the class gives (see the module docstring); `restarts`
+    and `max_iterations`: the MLP fit's random starts and L-BFGS iterations each."""
+
+    queries: int | None = None
+    drop_inconsistent: bool = True
+    restarts: int = 6
+    max_iterations: int = 1000
+    name: str = "equation-solving"
+
+    def needed(self, known: ModelClass) -> int:
+        d, c = known.signature.features, known.signature.classes
+        if known.arch in ("logreg", "softmax"):
+            return d + 1
+        if known.arch == "ovr":  # twice the fewest that determine it: Gauss-Newton then converges
+            return 2 * -(-known.unknowns // (c - 1))
+        return 2 * known.unknowns
+
+    def run(self, oracle: Oracle, space: QuerySpace, known: ModelClass, rng: np.random.Generator) -> Extraction:
+        known.require(self.name, (*LINEAR, "mlp"))
+        halfwidth = Answers.confidence(oracle, self.name)
+        count = self.queries or self.needed(known)
+        points = space.sample(count, rng)
+        before = oracle.queries_used
+        answers = oracle.query(space.as_inputs(points)).double().numpy()
+        points = space.as_inputs(points).reshape(count, -1).double().numpy()  # what the oracle saw (float32)
+        start = time.process_time()
+        signature = known.signature
+        if known.arch in LINEAR:
+            robust = self.drop_inconsistent and known.arch != "ovr"  # for ovr the softmax fit is a start only
+            theta, details = solve_log_ratios(points, answers, halfwidth, robust)
+            if known.arch == "ovr":
+                theta, extra = refine_ovr(points, answers, halfwidth, theta)
+                details |= extra
+            weight, bias = torch.from_numpy(theta[:, :-1]), torch.from_numpy(theta[:, -1])
+            if known.arch == "logreg":
+                clone = BinaryLogistic(signature, weight[1:], bias[1:])
+            elif known.arch == "softmax":
+                clone = Softmax(signature, weight, bias)
+            else:
+                clone = OneVsRest(signature, weight, bias)
+        else:
+            clone, details = fit_mlp(points, answers, halfwidth, known, self.restarts, self.max_iterations, rng)
+        return Extraction(clone.eval(), oracle.queries_used - before, time.process_time() - start, details)
