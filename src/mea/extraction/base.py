@@ -78,7 +78,7 @@ class Answers:
             return 0.5 * 10.0 ** (-output.decimals)
         raise ConfigError(
             f"{strategy} solves for the model from confidence values; this oracle answers {output.spec}: "
-            "use lowd-meek (two classes, linear) or the label-only retraining strategies (uniform, line-search, adaptive)"
+            "use lowd-meek (two classes, linear) or a label-only retraining strategy (uniform, line-search, adaptive)"
         )
 
     @staticmethod

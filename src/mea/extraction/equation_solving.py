@@ -173,7 +173,8 @@ def fit_mlp(
     activation = Activation(known.activation or Activation.TANH)
     best: tuple[float, list[torch.Tensor]] | None = None
     stages = 0
-    for start in range(restarts):
+    starts = 0
+    for starts in range(1, restarts + 1):  # noqa: B007 (reported below)
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         w0 = torch.randn(hidden, d, generator=generator, dtype=torch.float64) / d**0.5
         # Each unit's hyperplane through a random query point: no unit starts saturated everywhere.
@@ -209,7 +210,7 @@ def fit_mlp(
     w0, b0, w1, b1 = best[1]
     w0, b0 = w0 / spread, b0 - (w0 / spread) @ centre  # back to the victim's raw features
     clone = OneHiddenLayer(known.signature, w0, b0, w1, b1, activation)
-    details = {"loss": best[0], "starts": start + 1, "stages": stages}
+    details = {"loss": best[0], "starts": starts, "stages": stages}
     return clone, details | {"fitted_on": "log-ratios" if exact else "cross-entropy"}
 
 

@@ -20,6 +20,7 @@ answered from the attacker's own cache).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -109,7 +110,7 @@ class PathFinding:
                 if above:
                     box_high[j] = min(above)
                 edges = [np.nextafter(low[j], np.float32(-np.inf)), *splits, high[j]]
-                for left, right in zip(edges[:-1], edges[1:], strict=True):
+                for left, right in itertools.pairwise(edges):
                     if left < x[j] <= right:
                         continue
                     probe = x.copy()
