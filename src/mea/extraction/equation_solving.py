@@ -29,8 +29,9 @@ import torch
 
 from mea.errors import ConfigError
 from mea.extraction.base import Answers, Extraction, ModelClass, QuerySpace
+from mea.extraction.fitting import Loss, fit_model_class
 from mea.oracle import Oracle
-from mea.tabular.models import Activation, BinaryLogistic, OneHiddenLayer, OneVsRest, Softmax
+from mea.tabular.models import BinaryLogistic, OneVsRest, Softmax
 
 LINEAR = ("logreg", "softmax", "ovr")
 # The smallest probability whose ratio is used: float32's smallest normal number (below it, an
@@ -38,9 +39,6 @@ LINEAR = ("logreg", "softmax", "ovr")
 FLOOR = 1.2e-38
 # Residuals (in nats of log-probability ratio) above this are inconsistent with exact float32 answers.
 CONSISTENT = 1e-3
-# An MLP fit whose mean squared log-ratio error is below this has matched float32 answers.
-SOLVED = 1e-6
-STAGES = 2  # L-BFGS runs per random start, the weakest unit re-drawn between them
 
 
 def _augment(points: np.ndarray) -> np.ndarray:
@@ -142,117 +140,6 @@ def refine_ovr(points: np.ndarray, answers: np.ndarray, halfwidth: float, start:
     return result.x.reshape(classes, width), {"solver_iterations": int(result.nfev), "reference_class": reference}
 
 
-def fit_mlp(
-    points: np.ndarray,
-    answers: np.ndarray,
-    halfwidth: float,
-    known: ModelClass,
-    restarts: int,
-    max_iterations: int,
-    rng: np.random.Generator,
-) -> tuple[OneHiddenLayer, dict]:
-    """The known MLP architecture fitted to the answers (see the module docstring).
-
-    Inputs are standardised to the queried box first (L-BFGS is not scale-invariant), and the
-    standardisation is folded back into the first layer.  The fit is nonconvex: each random start
-    runs `max_iterations` L-BFGS iterations, and the starts stop at the first that fits the answers
-    to rounding (SOLVED); otherwise the best is kept."""
-    x = torch.from_numpy(points)
-    p = torch.from_numpy(answers.astype(np.float64))
-    exact = halfwidth == 0.0 and bool((p > FLOOR).all())
-    if exact:
-        logs = p.log()
-        target = logs - logs.mean(1, keepdim=True)
-    else:
-        target = p / p.sum(1, keepdim=True)  # rounded answers: cross-entropy against them
-    low, high = x.min(0).values, x.max(0).values
-    centre, spread = (low + high) / 2, ((high - low) / 2).clamp_min(1e-9)
-    u = (x - centre) / spread
-    d, c, hidden = known.signature.features, known.signature.classes, known.hidden or 0
-    outputs = 1 if c == 2 else c
-    activation = Activation(known.activation or Activation.TANH)
-    best: tuple[float, list[torch.Tensor]] | None = None
-    stages = 0
-    starts = 0
-    for starts in range(1, restarts + 1):  # noqa: B007 (reported below)
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        w0 = torch.randn(hidden, d, generator=generator, dtype=torch.float64) / d**0.5
-        # Each unit's hyperplane through a random query point: no unit starts saturated everywhere.
-        through = u[torch.randint(len(u), (hidden,), generator=generator)]
-        parameters = [
-            w0.requires_grad_(True),
-            (-(w0 * through).sum(1)).detach().requires_grad_(True),
-            (torch.randn(outputs, hidden, generator=generator, dtype=torch.float64) / hidden**0.5).requires_grad_(True),
-            torch.zeros(outputs, dtype=torch.float64, requires_grad=True),
-        ]
-
-        def loss_of(values: list[torch.Tensor] = parameters) -> torch.Tensor:
-            pre = u @ values[0].T + values[1]
-            h = torch.tanh(pre) if activation is Activation.TANH else torch.relu(pre)
-            z = h @ values[2].T + values[3]
-            if outputs == 1:
-                z = torch.cat([torch.zeros_like(z), z], 1)
-            if exact:
-                return (z - z.mean(1, keepdim=True) - target).square().sum(1).mean()
-            return -(target * torch.log_softmax(z, 1)).sum(1).mean()
-
-        for stage in range(STAGES):
-            stages += 1
-            final = _lbfgs(parameters, loss_of, max_iterations)
-            if best is None or final < best[0]:
-                best = (final, [t.detach().clone() for t in parameters])
-            if final < SOLVED or not exact or stage == STAGES - 1:
-                break
-            _restart_weakest_unit(parameters, u, activation, generator)
-        if exact and best[0] < SOLVED:
-            break
-    assert best is not None
-    w0, b0, w1, b1 = best[1]
-    w0, b0 = w0 / spread, b0 - (w0 / spread) @ centre  # back to the victim's raw features
-    clone = OneHiddenLayer(known.signature, w0, b0, w1, b1, activation)
-    details = {"loss": best[0], "starts": starts, "stages": stages}
-    return clone, details | {"fitted_on": "log-ratios" if exact else "cross-entropy"}
-
-
-def _lbfgs(parameters: list[torch.Tensor], loss_of, iterations: int) -> float:
-    optimiser = torch.optim.LBFGS(
-        parameters,
-        lr=1.0,
-        max_iter=iterations,
-        max_eval=2 * iterations,
-        tolerance_grad=1e-14,
-        tolerance_change=1e-18,
-        history_size=50,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        loss = loss_of()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    with torch.no_grad():
-        return float(loss_of())
-
-
-@torch.no_grad()
-def _restart_weakest_unit(
-    parameters: list[torch.Tensor], u: torch.Tensor, activation: Activation, generator: torch.Generator
-) -> None:
-    """Re-draw the hidden unit that contributes least to the output (a fit stuck in a local minimum
-    has usually spent a unit on nothing, or two on one feature of the victim)."""
-    w0, b0, w1, _ = parameters
-    pre = u @ w0.T + b0
-    h = torch.tanh(pre) if activation is Activation.TANH else torch.relu(pre)
-    weakest = int((h.std(0) * w1.abs().sum(0)).argmin())
-    d = w0.shape[1]
-    w0[weakest] = torch.randn(d, generator=generator, dtype=torch.float64) / d**0.5
-    b0[weakest] = 0.0
-    w1[:, weakest] = 0.01 * torch.randn(w1.shape[0], generator=generator, dtype=torch.float64)
-
-
 @dataclass(frozen=True)
 class EquationSolving:
     """Tramèr et al. 2016's equation-solving attack (§4.1) on logreg, softmax, ovr and mlp victims.
@@ -300,5 +187,10 @@ class EquationSolving:
             else:
                 clone = OneVsRest(signature, weight, bias)
         else:
-            clone, details = fit_mlp(points, answers, halfwidth, known, self.restarts, self.max_iterations, rng)
+            p = answers.astype(np.float64)
+            if halfwidth == 0.0 and bool((p > FLOOR).all()):
+                targets, loss = np.log(p), Loss.LOG_RATIOS
+            else:  # rounded answers (some zero): cross-entropy against them
+                targets, loss = p / p.sum(1, keepdims=True), Loss.SOFT
+            clone, details = fit_model_class(points, targets, loss, known, self.restarts, self.max_iterations, rng)
         return Extraction(clone.eval(), oracle.queries_used - before, time.process_time() - start, details)
