@@ -104,6 +104,16 @@ def dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return str(path.resolve())
 
 
+def given_options(*params: str) -> list[str]:
+    """The options among `params` (parameter names) that the command line set explicitly, as flags."""
+    context = click.get_current_context()
+    return [
+        f"--{name.replace('_', '-')}"
+        for name in params
+        if context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    ]
+
+
 def names(items: tuple[str, ...]) -> str:
     """Items as prose: "a, b or c"."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"

@@ -13,6 +13,7 @@ from mea.cli.common import (
     dataset_name,
     default_of,
     force_option,
+    given_options,
     names,
     positive_float,
     positive_int,
@@ -156,13 +157,9 @@ def _train_classic(
     """`mea train-victim --arch logreg|softmax|ovr|mlp|tree|forest` (mea.tabular.train)."""
     from mea.runs import check_out
 
-    context = click.get_current_context()
-    image_only = ("epochs", "lr", "batch_size", "shift", "calibration_size")
-    given = [n for n in image_only if context.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
+    given = given_options("epochs", "lr", "batch_size", "shift", "calibration_size")
     if given:
-        raise MeaError(
-            f"--{given[0].replace('_', '-')} trains the image victims; scikit-learn fits a {arch} victim: drop it"
-        )
+        raise MeaError(f"{given[0]} trains the image victims; scikit-learn fits a {arch} victim: drop it")
     mlp_only = {"--hidden": hidden, "--activation": activation}
     for name, value in mlp_only.items():
         if value is not None and arch != "mlp":

@@ -132,7 +132,7 @@ class Service:
         self.refusals = TokenBuckets(config.refusals_per_s, config.refusals_burst)
         self.monitor = PradaMonitor(config.prada)
         self.signature = victim.signature
-        self.layout = InputLayout(self.signature.image_shape)  # what a request's tensor may be
+        self.layout = InputLayout(self.signature.input_shape, self.signature.missing)  # what a request's tensor may be
         self.clients = ClientRecords(config.prada, self.layout.pixels)
         oracle = defense.oracle(victim) if defense is not None else VictimOracle(victim.model)
         self.gate = ClientGate(oracle, self.monitor)
