@@ -12,9 +12,9 @@
   log-probability ratios (all of an answer's information, the smallest probabilities included), from
   a few random starts; the paper needs queries in proportion to the unknowns.
 
-Rounded answers (§8, `--output rounded:K`) enter with weights by their precision (a probability
-rounded to K decimals is known to within half a unit of its last place); values rounded to zero
-carry no ratio and are left out.  With `drop_inconsistent`, answers that no model of the class can
+Rounded answers (§8, `--output rounded:K`) are no exact system (values rounded to zero carry no
+ratio, the others only K decimals): the model class is fitted to them by cross-entropy, convex for
+logreg and softmax.  With `drop_inconsistent`, answers that no model of the class can
 give (a defense's misinformation, a watermark's flipped or swapped values) are found by their
 residuals after a robust (L1) first fit and left out of the final exact solve.
 """
@@ -173,7 +173,14 @@ class EquationSolving:
         points = space.as_inputs(points).reshape(count, -1).double().numpy()  # what the oracle saw (float32)
         start = time.process_time()
         signature = known.signature
-        if known.arch in LINEAR:
+        if halfwidth > 0:
+            # Rounded answers (§8): some probabilities are zero and none is exact, so the ratios are
+            # not a system to solve; the model class is fitted to them by cross-entropy instead
+            # (convex for logreg and softmax), as the paper fits its models to rounded answers.
+            p = answers.astype(np.float64)
+            targets = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
+            clone, details = fit_model_class(points, targets, Loss.SOFT, known, self.restarts, self.max_iterations, rng)
+        elif known.arch in LINEAR:
             robust = self.drop_inconsistent and known.arch != "ovr"  # for ovr the softmax fit is a start only
             theta, details = solve_log_ratios(points, answers, halfwidth, robust)
             if known.arch == "ovr":
