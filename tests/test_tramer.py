@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.cli import mea, one_error_line
 
 from mea.errors import ConfigError, DataError
 from mea.extraction.base import ModelClass, QuerySpace
@@ -23,7 +24,6 @@ from mea.tabular.datasets import read_csv
 from mea.tabular.oracle import NodeOracle
 from mea.tabular.train import ClassicConfig, train_classic
 from mea.victim import load_victim
-from tests.cli import mea, one_error_line
 
 VICTIMS = {
     "digits-softmax": ClassicConfig(dataset="digits", arch="softmax"),
