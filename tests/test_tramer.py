@@ -3,6 +3,7 @@ cases: scikit-learn's bundled datasets, offline; one real `mea serve` on 127.0.0
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -174,41 +175,18 @@ def test_equation_solving_over_http_against_mea_serve(victims, tmp_path):
     server = start_server(victims["digits-softmax"], tmp_path / "db.sqlite", tmp_path / "server.log")
     try:
         key = create_key(server.db, "--name", "thief", "--quota", "100")
-        done = mea(
-            "attack",
-            "--victim",
-            str(victims["digits-softmax"]),
-            "--url",
-            server.url,
-            "--api-key",
-            key,
-            "--strategy",
-            "equation-solving",
-            "--out",
-            str(tmp_path / "run"),
-            threads=1,
-        )
-        assert done.returncode == 0, done.stderr
-        import json
 
+        def steal(out: str):
+            victim = str(victims["digits-softmax"])
+            options = ("--url", server.url, "--api-key", key, "--strategy", "equation-solving")
+            return mea("attack", "--victim", victim, *options, "--out", str(tmp_path / out), threads=1)
+
+        done = steal("run")
+        assert done.returncode == 0, done.stderr
         metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
         assert metrics["queries"] == 65 and metrics["clone"]["fidelity"] == 1.0
         assert metrics["clone"]["relative_parameter_error"] < 1e-5 and metrics["config"]["oracle"] == server.url
         # The quota counts feature vectors as it counts images: 35 of 100 left, 65 more refused.
-        again = mea(
-            "attack",
-            "--victim",
-            str(victims["digits-softmax"]),
-            "--url",
-            server.url,
-            "--api-key",
-            key,
-            "--strategy",
-            "equation-solving",
-            "--out",
-            str(tmp_path / "again"),
-            threads=1,
-        )
-        assert "query budget exhausted: 0 of 35 queries used, 65 more asked" in one_error_line(again)
+        assert "query budget exhausted: 0 of 35 queries used, 65 more asked" in one_error_line(steal("again"))
     finally:
         stop_all(server)
