@@ -79,6 +79,27 @@ def readme_tramer(results) -> str:
             f"test agreement {_pct(r['test_agreement'])}, uniform {_pct(r['uniform_agreement'])}."
         )
     lines.append("")
+    if record["label_only"]:
+        lines += _label_only(record)
+    if record["rounding"]:
+        lines += _rounding(record)
+    if record.get("partial"):
+        lines.append("**A partial run**: the benchmark was stopped before its last rows; those are missing above.\n")
+    lines.append(
+        "Agreement: the share of inputs where clone and victim name the same class, on the victim's test inputs "
+        "and on 10,000 uniform inputs in its feature ranges; TV: mean total-variation distance of the two "
+        "probability vectors. The paper's figures are quoted from the project's summary of the paper "
+        "(`ANCHORS.md`), not re-checked against the paper here."
+    )
+    lines.append("")
+    lines.append(source(record["provenance"], "`benchmarks/results/tramer.json`", timed=True))
+    return "\n".join(lines)
+
+
+def _label_only(record: dict) -> list[str]:
+    from benchmarks.render import table
+
+    lines = []
     multiples = sorted({r["multiple"] for r in record["label_only"]})
     names = list(dict.fromkeys((r["victim"], r["setting"]) for r in record["label_only"]))
     rows = []
@@ -95,6 +116,13 @@ def readme_tramer(results) -> str:
         table(["label-only retraining", "queries"] + [f"{m}x unknowns (test / uniform)" for m in multiples], rows)
     )
     lines.append(f"\nThe paper: {PAPER_LABEL}.\n")
+    return lines
+
+
+def _rounding(record: dict) -> list[str]:
+    from benchmarks.render import table
+
+    lines = []
     decimals = sorted({r["decimals"] for r in record["rounding"]})
     rows = []
     for victim in dict.fromkeys(r["victim"] for r in record["rounding"]):
@@ -106,12 +134,4 @@ def readme_tramer(results) -> str:
         )
     lines.append(table(["equation-solving, answers rounded to"] + [f"{k} decimals" for k in decimals], rows))
     lines.append(f"\nThe paper: {PAPER_ROUNDING}.\n")
-    lines.append(
-        "Agreement: the share of inputs where clone and victim name the same class, on the victim's test inputs "
-        "and on 10,000 uniform inputs in its feature ranges; TV: mean total-variation distance of the two "
-        "probability vectors. The paper's figures are quoted from the project's summary of the paper "
-        "(`ANCHORS.md`), not re-checked against the paper here."
-    )
-    lines.append("")
-    lines.append(source(record["provenance"], "`benchmarks/results/tramer.json`", timed=True))
-    return "\n".join(lines)
+    return lines
