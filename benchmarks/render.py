@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.render_tramer import readme_tramer
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -2273,4 +2275,5 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "poisoning": readme_poisoning,
     "sweep-timings": readme_sweep_timings,
     "art-summary": readme_art_summary,
+    "tramer": readme_tramer,
 }

@@ -95,7 +95,7 @@ def test_model_files_that_are_not_classifiers_of_the_task_are_refused(tmp_path):
     with pytest.raises(ArtifactError, match="takes 2 inputs; a classifier must take one image batch"):
         OnnxClassifier(tmp_path / "two.onnx")
     torch.onnx.export(torch.nn.Linear(5, 10), (torch.zeros(1, 5),), str(tmp_path / "table.onnx"), dynamo=False)
-    with pytest.raises(ArtifactError, match="takes flat input of 5 values, not a square grey image"):
+    with pytest.raises(ArtifactError, match="takes 5 features, 2 classes, not images"):
         OnnxClassifier(tmp_path / "table.onnx")
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(ArtifactError, match="is not a readable ONNX model"):

@@ -27,7 +27,10 @@ GRID = 7
 
 
 def block_sums(pixels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """(B, C * GRID * GRID) int64: the 8-bit pixels of images of `shape` (C, H, W) summed per block."""
+    """(B, C * GRID * GRID) int64: the 8-bit pixels of images of `shape` (C, H, W) summed per block (a
+    feature vector, of `shape` (d,), is its own coarse form)."""
+    if len(shape) != 3:
+        return pixels.reshape(len(pixels), -1).astype(np.int64)
     channels, height, width = shape
     x = pixels.reshape(len(pixels), channels, height, width).astype(np.int64)
     rows = np.linspace(0, height, GRID + 1).astype(int)[:-1]

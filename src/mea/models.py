@@ -126,7 +126,9 @@ class MLP(nn.Module):
 
 
 def as_input(images: torch.Tensor) -> torch.Tensor:
-    """Images in the memory format the models run fastest on."""
+    """Images in the memory format the models run fastest on (feature vectors as they are)."""
+    if images.ndim != 4:
+        return images.contiguous()
     return images.contiguous(memory_format=torch.channels_last)
 
 
@@ -197,6 +199,11 @@ def load(path: Path) -> tuple[nn.Module, str]:
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); retrain or restore it") from exc
     arch = metadata.get("arch")
+    if metadata.get("format") == "mea-classic-v1":  # a scikit-learn victim's parameters (mea.tabular)
+        from mea.tabular.models import from_tensors
+
+        model = from_tensors(tensors, metadata, path)
+        return model, model.arch
     if arch not in ARCHITECTURES:
         raise ArtifactError(f"{path} names no known architecture ({arch!r}); it was not written by mea")
     try:

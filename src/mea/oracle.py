@@ -128,7 +128,8 @@ class Oracle(Protocol):
         ...
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        """Answers of shape (B, classes) for images of shape (B, *signature.image_shape) in [0, 1]."""
+        """Answers of shape (B, classes) for inputs of shape (B, *signature.input_shape): images in [0, 1],
+        or feature vectors."""
         ...
 
 
@@ -154,6 +155,26 @@ class OracleWrapper:
     @property
     def signature(self) -> Signature:
         return self._oracle.signature
+
+
+def check_inputs(inputs: torch.Tensor, signature: Signature) -> torch.Tensor:
+    """Validate a query batch for a victim of `signature`: images in [0, 1], or feature vectors of
+    finite values (NaN too where the victim answers missing features); returns contiguous float32."""
+    if signature.is_image:
+        return check_images(inputs, signature.image_shape)
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"queries must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.ndim != 2 or tuple(inputs.shape[1:]) != signature.input_shape or not inputs.is_floating_point():
+        raise ValueError(
+            f"queries must be floating point of shape (B, {signature.features}), got {tuple(inputs.shape)}"
+        )
+    inputs = inputs.detach().float().contiguous()
+    if signature.missing:
+        if torch.isinf(inputs).any():
+            raise ValueError("queries contain infinite values; leave a feature out with NaN")
+    elif not torch.isfinite(inputs).all():
+        raise ValueError("queries contain NaN or infinite values; this victim answers complete feature vectors only")
+    return inputs
 
 
 def check_images(images: torch.Tensor, image_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
@@ -235,12 +256,12 @@ class VictimOracle:
 
         For the defender in front of this victim (see `DefendedOracle`), never for an attacker.
         """
-        images = check_images(images, self._signature.image_shape)
+        images = check_inputs(images, self._signature)
         self._budget.charge(len(images))
         return self._forward(images, layers)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        images = check_images(images, self._signature.image_shape)
+        images = check_inputs(images, self._signature)
         self._budget.charge(len(images))
         return self._output(self._forward(images, ())[0])
 
@@ -251,11 +272,13 @@ class VictimOracle:
         with torch.inference_mode():
             for start in range(0, len(images), self._CHUNK):
                 batch = images[start : start + self._CHUNK]
+                # Answers are float32 whatever precision the model computes in (mea's classic-ML
+                # victims compute in float64, as scikit-learn does): as a served model's FP32 output.
                 if not layers:
-                    probabilities.append(F.softmax(self._model(batch), dim=1))
+                    probabilities.append(F.softmax(self._model(batch), dim=1).float())
                     continue
                 inner = self._model.features(batch)
-                probabilities.append(F.softmax(inner["logits"], dim=1))
+                probabilities.append(F.softmax(inner["logits"], dim=1).float())
                 for layer in layers:
                     features[layer].append(pooled(inner[layer]))
         if not probabilities:

@@ -80,16 +80,33 @@ class Victim:
     @property
     def splits(self) -> Splits:
         """The training splits of the victim's dataset (its calibration split is the defender's: by
-        default the last 5,000 training images, or a sidecar's `calibration_size`)."""
+        default the last 5,000 training images, or a sidecar's `calibration_size`; a tabular task's
+        are mea.tabular.datasets.FeatureSplits)."""
+        if not self.signature.is_image:
+            from mea.tabular.datasets import feature_splits
+
+            return feature_splits(self.dataset, self.config.get("target"))  # type: ignore[return-value]
         record = self.config.get("splits", {})
         return Splits(self.dataset, int(record.get("calibration_size", Splits().calibration_size)))
 
+    def _feature_sets(self) -> dict[str, ImageSet]:
+        """A feature-vector victim's tabular task, by part (mea.tabular.datasets)."""
+        from mea.tabular.datasets import feature_sets
+
+        return {
+            part: self._fitting(rows) for part, rows in feature_sets(self.dataset, self.config.get("target")).items()
+        }
+
     def test_set(self, data_dir: Path | None = None) -> ImageSet:
         """The images every evaluation of this victim uses: its dataset's test part."""
+        if not self.signature.is_image:
+            return self._feature_sets()["test"]
         return self._fitting(load(self.dataset, "test", data_dir, self.signature.image_shape))
 
     def calibration_set(self, data_dir: Path | None = None) -> ImageSet:
         """The defender's held-out in-distribution images (never trained on, never evaluated on)."""
+        if not self.signature.is_image:
+            return self._feature_sets()["calibration"]
         return self._fitting(load(self.dataset, "train", data_dir, self.signature.image_shape)).subset(
             self.splits.calibration
         )
@@ -97,6 +114,9 @@ class Victim:
     def owner_sets(self, data_dir: Path | None = None) -> tuple[ImageSet, ImageSet]:
         """(the images the victim was trained on, the calibration split): the defender's own data,
         from one read of the training part."""
+        if not self.signature.is_image:
+            parts = self._feature_sets()
+            return parts["train"], parts["calibration"]
         train = self._fitting(load(self.dataset, "train", data_dir, self.signature.image_shape))
         return train.subset(self.splits.victim_train), train.subset(self.splits.calibration)
 

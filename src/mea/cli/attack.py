@@ -12,6 +12,7 @@ from mea.cli.common import (
     default_of,
     extra_needed,
     force_option,
+    given_options,
     names,
     positive_int,
     print_metrics,
@@ -22,6 +23,7 @@ from mea.cli.common import (
 )
 from mea.config import ARCH_NAMES, MODEL_NAME, OUTPUT_MODES, POOL_NAMES, STRATEGY_NAMES, AttackConfig, TrainConfig
 from mea.errors import MeaError
+from mea.extraction import EXTRACTION_STRATEGIES, is_extraction
 
 
 @click.command("attack")
@@ -90,7 +92,9 @@ from mea.errors import MeaError
     "--strategy",
     default=default_of(AttackConfig, "strategy"),
     show_default=True,
-    help=f"How queries are chosen: {', '.join(STRATEGY_NAMES)} (dfme-aware:WEIGHT sets its push toward digits).",
+    help=f"How queries are chosen: {', '.join(STRATEGY_NAMES)} (dfme-aware:WEIGHT sets its push toward digits); "
+    f"against a scikit-learn victim (Tramèr et al. 2016): {', '.join(EXTRACTION_STRATEGIES)} "
+    "(path-finding:incomplete leaves features out).",
 )
 @click.option(
     "--clone-arch",
@@ -135,6 +139,12 @@ def attack_command(
             if given:
                 raise MeaError(f"{name} only applies to --url; drop it or name the served victim with --url")
     sent_headers = parse_headers(headers)
+    extraction = is_extraction(strategy)
+    if extraction:
+        # Tramèr et al.'s attacks solve for the model: they train no network with these options.
+        given = given_options("epochs", "lr", "batch_size", "schedule", "loss", "temperature", "clone_arch")
+        if given:
+            raise MeaError(f"{given[0]} trains a neural clone; {strategy} solves for the victim's model: drop it")
     use_threads()
     from mea.experiments.attack import run_attack
     from mea.oracle import parse_output
@@ -153,10 +163,36 @@ def attack_command(
             headers=sent_headers,
             verify=str(ca) if ca is not None else True,
             classes=victim.signature.classes,
+            features=not victim.signature.is_image,
         )
         if output is not None and parse_output(output) != oracle.output:
             raise MeaError(f"the service answers in {oracle.output.spec}, not {output}; drop --output with --url")
         output = oracle.output.spec
+    if extraction:
+        from mea.extraction.run import ExtractionConfig, run_extraction
+
+        explicit = given_options("queries", "pool")
+        extraction_config = ExtractionConfig(
+            strategy,
+            queries if "--queries" in explicit else None,
+            pool if "--pool" in explicit else None,
+            output or default_of(AttackConfig, "output"),
+            seed,
+        )
+        metrics = run_extraction(extraction_config, victim, oracle, out, force, data_dir)
+        clone = metrics["clone"]
+        console().print(
+            f"{strategy}: {metrics['queries']:,} queries, {metrics['time_s']['compute']:.2f} s of compute; "
+            f"agreement [bold]{clone['fidelity']:.2%}[/bold] on test inputs, "
+            f"[bold]{clone['uniform_agreement']:.2%}[/bold] on uniform inputs"
+            + (
+                ""
+                if clone["max_parameter_error"] is None
+                else f"; largest parameter error {clone['max_parameter_error']:.2g}"
+            )
+        )
+        console().print(f"run written to [bold]{out}[/bold]")
+        return
     config = AttackConfig(
         queries=queries,
         pool=pool,

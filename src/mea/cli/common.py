@@ -84,9 +84,17 @@ def dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """A built-in dataset's name, or a path to the user's own images (made absolute: run records
     name it wherever they are read)."""
     from mea.config import DATASET_NAMES
+    from mea.tabular import CSV_PREFIX, is_tabular
 
     if value in DATASET_NAMES:
         return value
+    if is_tabular(value):  # a classic-ML victim's task (mea.tabular): built in, or csv:PATH
+        if not value.startswith(CSV_PREFIX):
+            return value
+        path = Path(value[len(CSV_PREFIX) :]).expanduser()
+        if not path.is_file():
+            raise click.BadParameter(f"{value!r}: no such CSV file")
+        return CSV_PREFIX + str(path.resolve())
     path = Path(value).expanduser()
     if not path.exists():
         raise click.BadParameter(
@@ -94,6 +102,16 @@ def dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
             "nor a .npz file or image folder that exists"
         )
     return str(path.resolve())
+
+
+def given_options(*params: str) -> list[str]:
+    """The options among `params` (parameter names) that the command line set explicitly, as flags."""
+    context = click.get_current_context()
+    return [
+        f"--{name.replace('_', '-')}"
+        for name in params
+        if context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    ]
 
 
 def names(items: tuple[str, ...]) -> str:

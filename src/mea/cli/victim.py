@@ -13,6 +13,7 @@ from mea.cli.common import (
     dataset_name,
     default_of,
     force_option,
+    given_options,
     names,
     positive_float,
     positive_int,
@@ -22,6 +23,8 @@ from mea.cli.common import (
     use_threads,
 )
 from mea.config import ARCH_NAMES, DATASET_NAMES, VICTIM_TRAINING, Splits, VictimConfig
+from mea.errors import MeaError
+from mea.tabular import CLASSIC_ARCHS, TABULAR_DATASETS, is_tabular
 
 
 @click.command("train-victim")
@@ -33,14 +36,23 @@ from mea.config import ARCH_NAMES, DATASET_NAMES, VICTIM_TRAINING, Splits, Victi
     callback=dataset_name,
     help=f"The victim's task: a built-in dataset ({names(DATASET_NAMES)}), fetched into the cache on first use, "
     "or your own labelled images by path (a .npz file with train and test parts, or a folder with train/ and "
-    "test/ holding one subfolder per class), at their own size and channels.",
+    "test/ holding one subfolder per class), at their own size and channels; for a scikit-learn --arch, a "
+    f"tabular task ({names(TABULAR_DATASETS)}, csv:PATH with --target) or mnist.",
 )
 @click.option(
     "--arch",
     default=default_of(VictimConfig, "arch"),
     show_default=True,
-    help=f"Architecture: {names(ARCH_NAMES)}.",
+    help=f"Architecture: {names(ARCH_NAMES)}, or a scikit-learn model ({names(CLASSIC_ARCHS)}) on a tabular task "
+    f"({names(TABULAR_DATASETS)}, csv:PATH) or on mnist as 784 features.",
 )
+@click.option("--target", default=None, help="A csv:PATH task's class column.")
+@click.option("--hidden", type=int, default=None, callback=positive_int, help="mlp: hidden units [default: 20].")
+@click.option(
+    "--activation", type=click.Choice(["tanh", "relu"]), default=None, help="mlp: hidden activation [default: tanh]."
+)
+@click.option("--max-depth", type=int, default=None, callback=positive_int, help="tree, forest: the largest depth.")
+@click.option("--trees", type=int, default=None, callback=positive_int, help="forest: its trees [default: 10].")
 @click.option(
     "--epochs",
     type=int,
@@ -97,9 +109,26 @@ def train_victim_command(
     data_dir: Path | None,
     force: bool,
     quiet: bool,
+    target: str | None,
+    hidden: int | None,
+    activation: str | None,
+    max_depth: int | None,
+    trees: int | None,
 ) -> None:
     """Train a victim on a dataset's training images minus the calibration split."""
     from mea.runs import check_out
+
+    classic = {"--target": target, "--hidden": hidden, "--activation": activation, "--max-depth": max_depth}
+    if arch in CLASSIC_ARCHS:
+        _train_classic(out, dataset, arch, seed, data_dir, force, target, hidden, activation, max_depth, trees)
+        return
+    for name, value in {**classic, "--trees": trees}.items():
+        if value is not None:
+            raise MeaError(f"{name} applies to the scikit-learn victims ({names(CLASSIC_ARCHS)}), not {arch}")
+    if is_tabular(dataset):
+        raise MeaError(
+            f"{dataset} is a tabular task: train a scikit-learn victim on it (--arch {names(CLASSIC_ARCHS)})"
+        )
 
     train = dataclasses.replace(VICTIM_TRAINING, epochs=epochs, lr=lr, batch_size=batch_size, shift=shift)
     config = VictimConfig(arch=arch, train=train, splits=Splits(dataset, calibration_size), seed=seed)
@@ -109,6 +138,58 @@ def train_victim_command(
 
     metrics = train_victim(config, out, data_dir, force=force, progress=not quiet)
     print_metrics({"victim": metrics["victim"]}, metrics["time_s"], dataset)
+    console().print(f"victim written to [bold]{out}[/bold]")
+
+
+def _train_classic(
+    out: Path,
+    dataset: str,
+    arch: str,
+    seed: int,
+    data_dir: Path | None,
+    force: bool,
+    target: str | None,
+    hidden: int | None,
+    activation: str | None,
+    max_depth: int | None,
+    trees: int | None,
+) -> None:
+    """`mea train-victim --arch logreg|softmax|ovr|mlp|tree|forest` (mea.tabular.train)."""
+    from mea.runs import check_out
+
+    given = given_options("epochs", "lr", "batch_size", "shift", "calibration_size")
+    if given:
+        raise MeaError(f"{given[0]} trains the image victims; scikit-learn fits a {arch} victim: drop it")
+    mlp_only = {"--hidden": hidden, "--activation": activation}
+    for name, value in mlp_only.items():
+        if value is not None and arch != "mlp":
+            raise MeaError(f"{name} applies to --arch mlp, not {arch}")
+    if max_depth is not None and arch not in ("tree", "forest"):
+        raise MeaError(f"--max-depth applies to --arch tree or forest, not {arch}")
+    if trees is not None and arch != "forest":
+        raise MeaError(f"--trees applies to --arch forest, not {arch}")
+    from mea.tabular.train import ClassicConfig
+
+    config = ClassicConfig(
+        dataset=dataset,
+        arch=arch,
+        target=target,
+        hidden=hidden or default_of(ClassicConfig, "hidden"),
+        activation=activation or default_of(ClassicConfig, "activation"),
+        max_depth=max_depth,
+        trees=trees or default_of(ClassicConfig, "trees"),
+        seed=seed,
+    )
+    check_out(out, force)
+    use_threads()
+    from mea.tabular.train import train_classic
+
+    metrics = train_classic(config, out, data_dir, force=force)
+    victim = metrics["victim"]
+    console().print(
+        f"{arch} on {dataset}: test accuracy [bold]{victim['accuracy']:.2%}[/bold], macro F1 {victim['f1']:.4f} "
+        f"({metrics['config']['signature']}; trained in {metrics['time_s']['train']:.1f} s)"
+    )
     console().print(f"victim written to [bold]{out}[/bold]")
 
 

@@ -27,8 +27,10 @@ class ImageSet:
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4:
-            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
+        if self.images.ndim not in (2, 4):  # images, or the feature rows of a tabular task (mea.tabular)
+            raise ValueError(
+                f"images must have shape (N, C, H, W) (or (N, d) feature rows), got {tuple(self.images.shape)}"
+            )
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 

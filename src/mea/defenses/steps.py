@@ -49,7 +49,9 @@ def coarse(images: torch.Tensor) -> np.ndarray:
 
 
 def coarse_of(pixels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """`coarse` from 8-bit pixels (B, C*H*W) of images of `shape` (C, H, W)."""
+    """`coarse` from 8-bit pixels (B, C*H*W) of images of `shape` (C, H, W); a feature vector as it is."""
+    if len(shape) != 3:
+        return pixels.reshape(len(pixels), -1).astype(np.float32)
     x = pixels.reshape(len(pixels), *shape).astype(np.float32)
     channels, height, width = shape
     if height >= 2 and width >= 2:

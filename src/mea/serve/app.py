@@ -172,7 +172,7 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
             ],
             "parameters": {
                 "input_shapes": service.layout.shapes,
-                "input_datatypes": "FP32 in [0, 1] or UINT8",
+                "input_datatypes": "FP32 in [0, 1] or UINT8" if service.layout.is_image else "FP32 feature values",
                 "max_batch_size": config.max_batch,
                 "output_mode": config.output,
                 # Retries that carry this header are answered once and charged once.

@@ -33,7 +33,7 @@ import orjson
 import torch
 
 from mea.errors import BudgetExhausted, ConfigError, MeaError, Refused
-from mea.oracle import Label, OutputMode, Probabilities, check_images, parse_output
+from mea.oracle import Label, OutputMode, Probabilities, check_inputs, parse_output
 from mea.serve.protocol import MODEL_NAME
 from mea.signature import DEFAULT, Signature
 
@@ -60,12 +60,14 @@ class HttpOracle:
         headers: Mapping[str, str] | None = None,
         verify: str | bool | ssl.SSLContext = True,
         classes: int | None = None,
+        features: bool = False,
     ) -> None:
         """`timeout_s` bounds the first attempt of a request; each retry doubles it (up to 2 minutes).
         `headers` go with every request (an Authorization header, say); `verify` is a CA bundle
         for a server with its own certificate (or True for the system's).  `classes`: the number of
         classes of a server that answers labels only (its metadata cannot say; default 10), checked
-        against a server that answers scores."""
+        against a server that answers scores.  `features`: the victim takes feature vectors [B, d]
+        (a flat input is otherwise read as a square grey image where it can be one)."""
         if batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {batch_size}")
         sent = dict(headers or {})
@@ -83,7 +85,7 @@ class HttpOracle:
         metadata = self._metadata(model)
         parameters = metadata.get("parameters", {})
         # `mea serve` says how it answers; any other OIP v2 server is read from its model metadata.
-        self._served_model = ServedModel.from_metadata(metadata, url, model, classes)
+        self._served_model = ServedModel.from_metadata(metadata, url, model, classes, features)
         self._signature = self._served_model.signature
         if "output_mode" in parameters:  # mea serve: binary tensors both ways
             self._served_model = None
@@ -139,7 +141,7 @@ class HttpOracle:
         return response.json()
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        images = check_images(images, self._signature.image_shape)
+        images = check_inputs(images, self._signature)
         if self._budget is not None and self._used + len(images) > self._budget:
             raise BudgetExhausted(
                 f"query budget exhausted: {self._used} of {self._budget} queries used, {len(images)} more asked"
@@ -262,7 +264,9 @@ class ServedModel:
         return Label() if self.labels else Probabilities()
 
     @classmethod
-    def from_metadata(cls, metadata: dict, url: str, model: str, classes: int | None = None) -> ServedModel:
+    def from_metadata(
+        cls, metadata: dict, url: str, model: str, classes: int | None = None, features: bool = False
+    ) -> ServedModel:
         where = f"model {model!r} at {url}"
         inputs, outputs = metadata.get("inputs") or [], metadata.get("outputs") or []
         if len(inputs) != 1:
@@ -272,7 +276,7 @@ class ServedModel:
             )
         try:
             shape = tuple(int(d) for d in inputs[0].get("shape", [])[1:])
-            image_shape = Signature.of_input(shape, DEFAULT.classes, where).image_shape
+            input_shape = Signature.of_input(shape, DEFAULT.classes, where, features).input_shape
         except (ConfigError, TypeError, ValueError) as exc:
             raise ServiceError(
                 f"{where} takes input of shape {inputs[0].get('shape')}: {exc}; mea attacks image classifiers"
@@ -292,7 +296,7 @@ class ServedModel:
                 f"[-1, {classes or 'K'}] nor labels [-1]"
             )
         try:
-            signature = Signature(image_shape, classes or DEFAULT.classes if labels else out_shape[0])
+            signature = Signature(input_shape, classes or DEFAULT.classes if labels else out_shape[0])
         except ConfigError as exc:
             raise ServiceError(f"{where}: {exc}") from None
         source = f"{url} ({model})"

@@ -36,9 +36,15 @@ OUTPUTS = ("probabilities", "label")
 
 @dataclass(frozen=True)
 class InputLayout:
-    """The shapes a request's tensor may have: the victim's (C, H, W), or flat for a grey victim."""
+    """The shapes a request's tensor may have: the victim's (C, H, W), or flat for a grey victim;
+    or a feature vector (d,) of any finite values (NaN too where the victim answers missing ones)."""
 
-    image_shape: tuple[int, int, int] = (1, 28, 28)
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    missing: bool = False  # a feature vector's NaN stands for a feature left out
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.image_shape) == 3
 
     @property
     def pixels(self) -> int:
@@ -48,10 +54,11 @@ class InputLayout:
     def shapes(self) -> str:
         """E.g. "[B, 1, 28, 28] or [B, 784]"."""
         full = f"[B, {', '.join(map(str, self.image_shape))}]"
-        return f"{full} or [B, {self.pixels}]" if self.image_shape[0] == 1 else full
+        return f"{full} or [B, {self.pixels}]" if self.is_image and self.image_shape[0] == 1 else full
 
     def accepts(self, shape: list[int]) -> bool:
-        return shape[1:] == list(self.image_shape) or (self.image_shape[0] == 1 and shape[1:] == [self.pixels])
+        flat = self.is_image and self.image_shape[0] == 1 and shape[1:] == [self.pixels]
+        return shape[1:] == list(self.image_shape) or flat
 
 
 DEFAULT_LAYOUT = InputLayout()
@@ -159,6 +166,8 @@ def parse_infer_request(
         raise _fail(f"a batch of {batch} images exceeds the maximum of {max_batch}; split the request", 413)
 
     datatype = tensor.get("datatype")
+    if not layout.is_image and datatype != "FP32":
+        raise _fail(f"datatype {datatype!r} is not supported; send feature vectors as FP32")
     if datatype not in _DTYPES:
         raise _fail(f"datatype {datatype!r} is not supported; send FP32 (pixels in [0, 1]) or UINT8 (0..255)")
     dtype = _DTYPES[datatype]
@@ -188,12 +197,16 @@ def parse_infer_request(
             raise _fail('"data" must hold numbers only, in a flat or regularly nested list') from None
         if len(values) != count:
             raise _fail(f'"data" holds {len(values)} values; shape {shape} needs {count}')
-        raw = values.astype(dtype).tobytes() if np.isfinite(values).all() else b""
+        raw = values.astype(dtype).tobytes() if np.isfinite(values).all() or not layout.is_image else b""
 
     # Checked in the type they came in (binary FP32 as float32, no widening copy); binary UINT8
     # bytes are whole numbers in 0..255 by construction.
     high = 1.0 if datatype == "FP32" else 255.0
-    if values.dtype != np.uint8:
+    if not layout.is_image:
+        if np.isinf(values).any() or (not layout.missing and np.isnan(values).any()):
+            allowed = "finite values, NaN for a feature left out" if layout.missing else "finite values"
+            raise _fail(f"the input contains NaN or infinite values; send {allowed}")
+    elif values.dtype != np.uint8:
         if not np.isfinite(values).all():
             raise _fail("the input contains NaN or infinite values; send finite pixel values")
         if datatype == "UINT8" and not np.array_equal(values, np.round(values)):

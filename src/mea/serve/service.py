@@ -133,8 +133,8 @@ class Service:
         prada = config.prada if defense is None else defense.stream_config(config.prada)
         self.monitor = PradaMonitor(prada)
         self.signature = victim.signature
-        self.layout = InputLayout(self.signature.image_shape)  # what a request's tensor may be
-        self.clients = ClientRecords(prada, self.signature.image_shape)
+        self.layout = InputLayout(self.signature.input_shape, self.signature.missing)  # what a request's tensor may be
+        self.clients = ClientRecords(prada, self.signature.input_shape)
         oracle = defense.oracle(victim) if defense is not None else VictimOracle(victim.model)
         self.gate = ClientGate(oracle, self.monitor)
         self._model = threading.Lock()  # one batch at a time through the model: its threads are the machine's
