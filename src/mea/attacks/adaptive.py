@@ -50,9 +50,7 @@ class RepeatAveraging(_AskingSeveralTimes):
 
 
 class JitterConsensus(_AskingSeveralTimes):
-    def __init__(
-        self, oracle: Oracle, copies: int = 3, jitter: float = 2 / 255, seed: int = 0, shift: int = 0
-    ) -> None:
+    def __init__(self, oracle: Oracle, copies: int = 3, jitter: float = 2 / 255, seed: int = 0, shift: int = 0) -> None:
         if copies < 2:
             raise ConfigError(f"jitter consensus needs at least 2 copies, got {copies}")
         if not 0 < jitter <= 0.1:

@@ -255,4 +255,3 @@ class ClientRecords:
 
 def level_name(level: int) -> str:
     return LEVEL_NAMES[level]
-
