@@ -267,7 +267,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Block())
 sys.argv = ["mea", *{args!r}]
-from mea.cli import run
+from mea.cli.main import run
 run()
 """
 
@@ -367,7 +367,7 @@ def _commands(command, path: tuple[str, ...]):
 def test_every_command_option_and_argument_is_explained():
     import click
 
-    from mea.cli import main
+    from mea.cli.main import main
 
     missing = []
     for path, command in _commands(main, ("mea",)):
@@ -387,13 +387,13 @@ HEAVY_MODULES = ("torch", "numpy", "numba", "sklearn", "scipy", "matplotlib", "f
 
 
 def test_help_imports_nothing_heavy():
-    from mea.cli import main
+    from mea.cli.main import main
 
     paths = [path[1:] for path, _ in _commands(main, ("mea",))]
     # One process runs every --help in turn (each through the real entry point) and lists what got imported.
     script = (
         "import sys\n"
-        "from mea.cli import run\n"
+        "from mea.cli.main import run\n"
         f"for path in {paths!r}:\n"
         "    sys.argv = ['mea', *path, '--help']\n"
         "    try:\n"
@@ -410,7 +410,7 @@ def test_help_imports_nothing_heavy():
 def test_a_missing_victim_is_refused_before_torch_is_imported(tmp_path):
     script = (
         "import sys\n"
-        "from mea.cli import run\n"
+        "from mea.cli.main import run\n"
         f"sys.argv = ['mea', 'attack', '--victim', {str(tmp_path / 'none')!r}, '--out', {str(tmp_path / 'run')!r}]\n"
         "try:\n"
         "    run()\n"
@@ -441,7 +441,7 @@ def test_threads_option_reaches_torch(victim_dir, tmp_path):
     threads = len(os.sched_getaffinity(0)) + 1
     script = (
         "import sys, torch\n"
-        "from mea.cli import run\n"
+        "from mea.cli.main import run\n"
         f"sys.argv = ['mea', '--threads', '{threads}', 'attack', '--victim', {str(victim_dir)!r}, '--out', "
         f"{str(tmp_path / 'run')!r}, '--pool', 'cifar']\n"
         "try:\n"

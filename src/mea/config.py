@@ -55,7 +55,82 @@ POLICIES = (
     "gaussian[:SIGMA], dirichlet[:ALPHA], misinformation[:CONFIDENCE], top1-preserving[:ALPHA], "
     "mad[:EPSILON], mad-top1[:EPSILON]"
 )
+POLICY_NAMES = ("gaussian", "dirichlet", "misinformation", "top1-preserving", "mad", "mad-top1")
 DEFAULT_POLICY = "misinformation:0.9"
+# Strategies that take a number after ':' (dfme-aware:W, the weight of its push toward digits).
+WEIGHTED_STRATEGIES = ("dfme-aware",)
+DEFAULT_TOP_K = 3
+DEFAULT_DECIMALS = 2
+
+
+# --- names and their arguments, checked without the modules that implement them ----------------------
+# (The records below validate what they are given here; the registries that build the named things,
+# mea.attacks, mea.oracle and mea.defenses.policies, read the same specs, so that the records never
+# import attack, oracle or defense code: no import circle.)
+
+
+def strategy_spec(name: str) -> tuple[str, float | None]:
+    """A strategy's name and its weight (dfme-aware:W only), checked against `STRATEGY_NAMES`."""
+    base, colon, argument = name.partition(":")
+    if base not in STRATEGY_NAMES or (colon and base not in WEIGHTED_STRATEGIES):
+        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGY_NAMES)}")
+    if not argument:
+        return base, None
+    try:
+        return base, float(argument)
+    except ValueError:
+        raise ConfigError(f"strategy {name!r} needs a number after ':', e.g. {base}:1") from None
+
+
+def check_top_k(k: int) -> int:
+    if not k >= 1:
+        raise ConfigError(f"top-k needs k >= 1, got {k}; e.g. --output top-k:3")
+    return k
+
+
+def check_decimals(decimals: int) -> int:
+    if not 0 <= decimals <= 8:
+        raise ConfigError(f"rounding needs 0 <= decimals <= 8, got {decimals}; e.g. --output rounded:2")
+    return decimals
+
+
+def output_spec(text: str) -> tuple[str, int | None]:
+    """An output mode's name and argument (top-k's k, rounded's decimals; None: the default), checked."""
+    name, _, arg = text.strip().partition(":")
+    if name in ("probabilities", "label") and not arg:
+        return name, None
+    if name in ("top-k", "rounded"):
+        try:
+            value = int(arg) if arg else None
+        except ValueError:
+            raise ConfigError(f"output mode {text!r} needs an integer after ':'; use one of: {OUTPUT_MODES}") from None
+        if value is not None:
+            (check_top_k if name == "top-k" else check_decimals)(value)
+        return name, value
+    raise ConfigError(f"unknown output mode {text!r}; use one of: {OUTPUT_MODES}")
+
+
+def canonical_output(text: str) -> str:
+    """The output mode as its spec names it with every default filled in (`top-k` -> `top-k:3`)."""
+    name, value = output_spec(text)
+    if name == "top-k":
+        return f"top-k:{DEFAULT_TOP_K if value is None else value}"
+    if name == "rounded":
+        return f"rounded:{DEFAULT_DECIMALS if value is None else value}"
+    return name
+
+
+def policy_spec(text: str) -> tuple[str, float | None]:
+    """A response policy's name and its number (None: the policy's default), checked against `POLICY_NAMES`."""
+    name, _, arg = text.strip().partition(":")
+    if name not in POLICY_NAMES:
+        raise ConfigError(f"unknown policy {text!r}; use one of: {POLICIES}")
+    if not arg:
+        return name, None
+    try:
+        return name, float(arg)
+    except ValueError:
+        raise ConfigError(f"policy {text!r} needs a number after ':'; use one of: {POLICIES}") from None
 
 
 # --- training -------------------------------------------------------------------------------
@@ -222,9 +297,7 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         from mea import models
-        from mea.attacks import make_strategy
         from mea.data.pools import check_pool_name
-        from mea.oracle import Probabilities, parse_output
 
         if self.queries <= 0:
             raise ConfigError(f"queries must be a positive number of images, got {self.queries}")
@@ -241,14 +314,14 @@ class AttackConfig:
                 f"{self.strategy} trains its clone while it queries, with its own optimiser settings; "
                 "drop the training options (--epochs, --lr, ...)"
             )
-        output = parse_output(self.output)
-        object.__setattr__(self, "output", output.spec)
-        if self.train.loss is LabelLoss.LOGITS and not isinstance(output, Probabilities):
+        output = canonical_output(self.output)
+        object.__setattr__(self, "output", output)
+        if self.train.loss is LabelLoss.LOGITS and output != "probabilities":
             # Refused before a single query is spent: these answers hide the small probabilities.
             raise ConfigError(
-                f"--loss logits needs --output probabilities, not {output.spec}; use --loss soft or --loss hard"
+                f"--loss logits needs --output probabilities, not {output}; use --loss soft or --loss hard"
             )
-        make_strategy(self.strategy)
+        strategy_spec(self.strategy)
         models.check_arch(self.clone_arch)
 
     @property
@@ -299,7 +372,6 @@ class EvaluationConfig:
 
     def __post_init__(self) -> None:
         from mea.data.pools import check_pool_name
-        from mea.defenses.policies import parse_policy
 
         if self.queries <= 0:
             raise ConfigError(f"queries must be positive, got {self.queries}")
@@ -307,7 +379,7 @@ class EvaluationConfig:
             if not 0 < rate < 1:
                 raise ConfigError(f"every swept false-positive rate must lie in (0, 1), got {rate}")
         for policy in self.policies:
-            parse_policy(policy)
+            policy_spec(policy)
         for source in (*self.sources, *self.sweep_sources):
             check_pool_name(source)
 
@@ -379,12 +451,10 @@ class ServeConfig:
     refusals_per_s: float = 10.0
 
     def __post_init__(self) -> None:
-        from mea.oracle import parse_output
-
         if self.max_batch <= 0:
             raise ConfigError(f"max_batch must be a positive number of images, got {self.max_batch}")
         if self.max_body_bytes is not None and self.max_body_bytes <= 0:
             raise ConfigError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
         if self.refusals_burst <= 0 or not self.refusals_per_s > 0:
             raise ConfigError("the refusal allowance (burst and rate) must be positive")
-        parse_output(self.output)  # refuse a bad deployment output mode at start-up
+        output_spec(self.output)  # refuse a bad deployment output mode at start-up

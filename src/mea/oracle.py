@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mea.config import OUTPUT_MODES
+from mea.config import DEFAULT_DECIMALS, DEFAULT_TOP_K, check_decimals, check_top_k, output_spec
 from mea.errors import BudgetExhausted, ConfigError
 from mea.models import as_input, pooled, signature_of
 from mea.signature import Signature
@@ -44,8 +44,7 @@ class TopK:
     k: int = 3
 
     def __post_init__(self) -> None:
-        if not self.k >= 1:
-            raise ConfigError(f"top-k needs k >= 1, got {self.k}; e.g. --output top-k:3")
+        check_top_k(self.k)
 
     @property
     def spec(self) -> str:
@@ -75,8 +74,7 @@ class Rounded:
     decimals: int = 2
 
     def __post_init__(self) -> None:
-        if not 0 <= self.decimals <= 8:
-            raise ConfigError(f"rounding needs 0 <= decimals <= 8, got {self.decimals}; e.g. --output rounded:2")
+        check_decimals(self.decimals)
 
     @property
     def spec(self) -> str:
@@ -91,19 +89,14 @@ OutputMode = Probabilities | TopK | Label | Rounded
 
 def parse_output(text: str) -> OutputMode:
     """Parse an output mode: ``probabilities``, ``top-k`` or ``top-k:5``, ``label``, ``rounded:3``."""
-    name, _, arg = text.strip().partition(":")
-    try:
-        if name == "probabilities" and not arg:
-            return Probabilities()
-        if name == "label" and not arg:
-            return Label()
-        if name == "top-k":
-            return TopK(int(arg)) if arg else TopK()
-        if name == "rounded":
-            return Rounded(int(arg)) if arg else Rounded()
-    except ValueError:
-        raise ConfigError(f"output mode {text!r} needs an integer after ':'; use one of: {OUTPUT_MODES}") from None
-    raise ConfigError(f"unknown output mode {text!r}; use one of: {OUTPUT_MODES}")
+    name, value = output_spec(text)
+    if name == "probabilities":
+        return Probabilities()
+    if name == "label":
+        return Label()
+    if name == "top-k":
+        return TopK(DEFAULT_TOP_K if value is None else value)
+    return Rounded(DEFAULT_DECIMALS if value is None else value)
 
 
 # --- the oracle interface -------------------------------------------------------------------

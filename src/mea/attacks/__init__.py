@@ -1,58 +1,28 @@
-"""Extraction attacks: strategies that choose queries, and the driver that runs them."""
+"""Extraction attacks: strategies that choose queries (one module each; `mea.attacks.registry`
+names them), and the driver that runs them (`mea.attacks.extract`).
 
-from collections.abc import Callable
+The names below load on first use, so that a strategy's module that imports another part of this
+package (its `strategy` records, say) never runs this package's imports in a circle.
+"""
 
-from mea.attacks import detector_aware, dfme, dfms, maze
-from mea.attacks.active import ActiveSelection, Entropy, KCenter, Margin, UncertainKCenter
-from mea.attacks.boundary import BoundaryRetraining
-from mea.attacks.data_free import DataFreeStrategy
-from mea.attacks.extract import Extraction, extract
-from mea.attacks.jbda import JacobianAugmentation
-from mea.attacks.knockoff import AdaptiveKnockoff
-from mea.attacks.mixup import MixupQueries
-from mea.attacks.random_sampling import RandomSampling
-from mea.attacks.strategy import AttackState, Queries, Strategy, TransferSet
-from mea.errors import ConfigError
+from __future__ import annotations
 
-STRATEGIES: dict[str, Callable[[], Strategy | DataFreeStrategy]] = {
-    "random": RandomSampling,
-    "jbda": JacobianAugmentation,
-    "jbda-tr": lambda: JacobianAugmentation(name="jbda-tr", targeted=True),
-    "active": lambda: ActiveSelection("active", UncertainKCenter()),
-    "active-margin": lambda: ActiveSelection("active-margin", Margin()),
-    "active-entropy": lambda: ActiveSelection("active-entropy", Entropy()),
-    "active-kcenter": lambda: ActiveSelection("active-kcenter", KCenter()),
-    "knockoff-adaptive": AdaptiveKnockoff,
-    "boundary": BoundaryRetraining,
-    "mixup": MixupQueries,
-    # Data-free: no pool, the queries come from a generator (mea.attacks.data_free).
-    "dfme": dfme.strategy,
-    "maze": maze.strategy,
-    "dfms": dfms.strategy,
-    # DFME with a generator pushed toward digit-like images; "dfme-aware:W" sets the push's weight.
-    "dfme-aware": detector_aware.strategy,
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "STRATEGIES": "mea.attacks.registry",
+    "is_data_free": "mea.attacks.registry",
+    "make_strategy": "mea.attacks.registry",
+    "extract": "mea.attacks.extract",
+    "Extraction": "mea.attacks.strategy",
+    "AttackState": "mea.attacks.strategy",
+    "Queries": "mea.attacks.strategy",
+    "Strategy": "mea.attacks.strategy",
+    "TransferSet": "mea.attacks.strategy",
+    "DataFreeStrategy": "mea.attacks.data_free",
+    "RandomSampling": "mea.attacks.random_sampling",
 }
-_WEIGHTED = ("dfme-aware",)
-
-
-def is_data_free(name: str) -> bool:
-    """Whether the named strategy makes its own queries (no pool) and trains its clone as it asks."""
-    return isinstance(make_strategy(name), DataFreeStrategy)
-
-
-def make_strategy(name: str) -> Strategy | DataFreeStrategy:
-    base, colon, argument = name.partition(":")
-    if base not in STRATEGIES or (colon and base not in _WEIGHTED):
-        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
-    if not argument:
-        return STRATEGIES[base]()
-    try:
-        weight = float(argument)
-    except ValueError:
-        raise ConfigError(f"strategy {name!r} needs a number after ':', e.g. {base}:1") from None
-    return STRATEGIES[base](weight)
-
-
 __all__ = [
     "STRATEGIES",
     "AttackState",
@@ -66,3 +36,18 @@ __all__ = [
     "is_data_free",
     "make_strategy",
 ]
+
+if TYPE_CHECKING:
+    from mea.attacks.data_free import DataFreeStrategy
+    from mea.attacks.extract import extract
+    from mea.attacks.random_sampling import RandomSampling
+    from mea.attacks.registry import STRATEGIES, is_data_free, make_strategy
+    from mea.attacks.strategy import AttackState, Extraction, Queries, Strategy, TransferSet
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mea.attacks' has no attribute {name!r}")

@@ -146,40 +146,35 @@ def attack_command(
         if given:
             raise MeaError(f"{given[0]} trains a neural clone; {strategy} solves for the victim's model: drop it")
     use_threads()
-    from mea.experiments.attack import run_attack
+    from mea import api
     from mea.oracle import parse_output
-    from mea.victim import load_victim
 
-    victim = load_victim(victim_dir)
+    victim = api.load_victim(victim_dir)
     oracle = None
     if url is not None:
         with extra_needed("serve", "mea attack --url"):
-            from mea.serve.client import HttpOracle
+            import mea.serve.client  # noqa: F401  (a missing extra is named before anything is sent)
 
-        oracle = HttpOracle(
-            url,
-            api_key,
-            model=model_name,
-            headers=sent_headers,
-            verify=str(ca) if ca is not None else True,
-            classes=victim.signature.classes,
-            features=not victim.signature.is_image,
-        )
+        oracle = api.connect(url, api_key, model_name, headers=sent_headers, ca=ca, victim=victim)
         if output is not None and parse_output(output) != oracle.output:
             raise MeaError(f"the service answers in {oracle.output.spec}, not {output}; drop --output with --url")
         output = oracle.output.spec
+    output = output or default_of(AttackConfig, "output")
     if extraction:
-        from mea.extraction.run import ExtractionConfig, run_extraction
-
         explicit = given_options("queries", "pool")
-        extraction_config = ExtractionConfig(
+        result = api.attack(
+            victim,
             strategy,
             queries if "--queries" in explicit else None,
-            pool if "--pool" in explicit else None,
-            output or default_of(AttackConfig, "output"),
-            seed,
+            pool=pool if "--pool" in explicit else None,
+            output=output,
+            oracle=oracle,
+            seed=seed,
+            out=out,
+            force=force,
+            data_dir=data_dir,
         )
-        metrics = run_extraction(extraction_config, victim, oracle, out, force, data_dir)
+        metrics = result.metrics
         clone = metrics["clone"]
         console().print(
             f"{strategy}: {metrics['queries']:,} queries, {metrics['time_s']['compute']:.2f} s of compute; "
@@ -193,16 +188,24 @@ def attack_command(
         )
         console().print(f"run written to [bold]{out}[/bold]")
         return
-    config = AttackConfig(
-        queries=queries,
+    # Checked whole before the first query (an unknown strategy, a bad output mode for the loss...).
+    AttackConfig(queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train)
+    result = api.attack(
+        victim,
+        strategy,
+        queries,
         pool=pool,
-        output=output or default_of(AttackConfig, "output"),
-        strategy=strategy,
+        output=output,
+        oracle=oracle,
         clone_arch=clone_arch,
         train=train,
         seed=seed,
+        out=out,
+        force=force,
+        data_dir=data_dir,
+        progress=not quiet,
     )
-    metrics = run_attack(config, victim, data_dir, oracle=oracle, out=out, force=force, progress=not quiet)
+    metrics = result.metrics
     print_metrics(metrics, metrics["time_s"], metrics["config"]["dataset"], metrics["queries"])
     if metrics["refused_after"] is not None:
         console().print(

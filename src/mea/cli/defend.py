@@ -113,18 +113,19 @@ def defend_fit_command(
         parse_policy(every_query_policy)  # a typo is refused before the detector is fitted
     check_victim_directory(victim_dir)
     use_threads()
-    from mea.defenses.store import fit_defense
-    from mea.victim import load_victim
+    from mea import api
 
-    defense = fit_defense(
-        load_victim(victim_dir),
+    defense = api.fit_defense(
+        api.load_victim(victim_dir),
         out,
-        config,
-        policy,
-        data_dir,
-        force=force,
+        target_fpr=config.target_fpr,
+        layers=config.layers,
+        confidence=config.use_confidence,
+        policy=policy,
         watermark_rate=watermark_rate,
         every_query_policy=every_query_policy,
+        data_dir=data_dir,
+        force=force,
     )
     detector = defense.detector
     layers = (

@@ -150,64 +150,37 @@ def verify_command(
         raise MeaError("--probes, --neighbours and --max-records must be >= 0")
     check_out(out, force)
     use_threads()
-    from mea.defenses.store import load_defense
-    from mea.ownership.config import check_victim_signature
-    from mea.ownership.evidence import EvidenceError, load_evidence, records_until
-    from mea.ownership.fingerprint import Fingerprint
-    from mea.ownership.suspects import http_suspect, load_suspect
-    from mea.ownership.verify import calibration_probes, verify_suspect
-    from mea.ownership.watermark import defense_watermark
-    from mea.victim import load_victim
+    from mea import api
 
-    watermark = records = probe_set = None
+    victim = api.load_victim(victim_dir) if victim_dir is not None else None
+    defense = api.load_defense(defense_dir, victim) if defense_dir is not None else None
     summary: dict = {}
-    if victim_dir is not None:
-        victim = load_victim(victim_dir)
-        check_victim_signature(victim.signature)
-        if defense_dir is not None:
-            watermark = defense_watermark(load_defense(defense_dir, victim).secret)
-            # The held-out pool the records' neighbours and the probes are drawn from.
-            if probes != 0 or (neighbours > 0 and evidence is not None):
-                probe_set = calibration_probes(victim, None, data_dir)
     if evidence is not None:
+        from mea.ownership.evidence import load_evidence
+
         records = load_evidence(evidence)
         summary = {"source": str(evidence), "records": len(records), "head": records.head}
-        if expect_head is not None:
-            records = records_until(records, expect_head)
-        if clients:
-            records = records.for_clients(clients)
-        if before is not None:
-            import numpy as np
-
-            records = records.select(np.asarray(records.times) < before)
-        summary["records_after_selection"] = len(records)
-        if len(records) == 0:
-            raise EvidenceError(
-                "the evidence set is empty after selection (--client, --before, --expect-head): nothing to test with"
-            )
-    fingerprint_set = Fingerprint.load(fingerprint) if fingerprint is not None else None
-    if (
-        fingerprint_set is not None
-        and victim_dir is not None
-        and fingerprint_set.victim_fingerprint != victim.fingerprint
-    ):
-        raise MeaError(
-            f"{fingerprint} was made for another victim; make one for this victim with `mea fingerprint make`"
-        )
-    if suspect is not None:
-        model = load_suspect(suspect)
-    else:
+        evidence = records
+    if url is not None:
         with extra_needed("serve", "a suspect API (--url)"):
-            model = http_suspect(url, api_key, model_name)
-    verdict = verify_suspect(
-        model,
-        watermark=watermark,
-        records=records,
-        probes=probe_set,
-        fingerprint=fingerprint_set,
+            import mea.serve.client  # noqa: F401  (a missing extra is named before anything is sent)
+    verdict = api.verify(
+        suspect if suspect is not None else url,
+        victim=victim,
+        defense=defense,
+        evidence=evidence,
+        fingerprint=fingerprint,
+        clients=tuple(clients),
+        before=before,
+        expect_head=expect_head,
         alpha=alpha,
         budget=Budget(max_queries=max_queries, max_records=max_records, neighbours=neighbours, probes=probes),
+        api_key=api_key,
+        model=model_name,
+        data_dir=data_dir,
     )
+    if summary:
+        summary["records_used"] = verdict.evidence.get("records_used")
     document = {**verdict.to_dict(), "evidence_source": summary, "command": command_line()}
     with run_directory(out, force) as scratch:
         write_json(scratch / "verdict.json", document)
@@ -338,7 +311,7 @@ def evidence_export(db, out, force) -> None:
     """Check the hash chain and write the evidence to one file that `mea verify` reads."""
     if out.exists() and not force:
         raise MeaError(f"{out} exists; choose another --out or pass --force to replace it")
-    from mea.ownership.evidence import export_evidence
+    from mea import api
 
-    evidence = export_evidence(db, out)
+    evidence = api.export_evidence(db, out)
     console().print(f"{out}: {len(evidence)} records from {len(set(evidence.clients))} clients, head {evidence.head}")

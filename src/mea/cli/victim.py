@@ -24,7 +24,7 @@ from mea.cli.common import (
 )
 from mea.config import ARCH_NAMES, DATASET_NAMES, VICTIM_TRAINING, Splits, VictimConfig
 from mea.errors import MeaError
-from mea.tabular import CLASSIC_ARCHS, TABULAR_DATASETS, is_tabular
+from mea.tabular import CLASSIC_ARCHS, TABULAR_DATASETS, is_classic, is_tabular
 
 
 @click.command("train-victim")
@@ -119,7 +119,7 @@ def train_victim_command(
     from mea.runs import check_out
 
     classic = {"--target": target, "--hidden": hidden, "--activation": activation, "--max-depth": max_depth}
-    if arch in CLASSIC_ARCHS:
+    if is_classic(arch, dataset, hidden, activation):
         _train_classic(out, dataset, arch, seed, data_dir, force, target, hidden, activation, max_depth, trees)
         return
     for name, value in {**classic, "--trees": trees}.items():
@@ -134,9 +134,21 @@ def train_victim_command(
     config = VictimConfig(arch=arch, train=train, splits=Splits(dataset, calibration_size), seed=seed)
     check_out(out, force)  # before torch is imported: a mistake costs no seconds
     use_threads()
-    from mea.victim import train_victim
+    from mea import api
+    from mea.runs import read_json
 
-    metrics = train_victim(config, out, data_dir, force=force, progress=not quiet)
+    api.train_victim(
+        out,
+        dataset,
+        arch,
+        seed,
+        train=config.train,
+        calibration_size=calibration_size,
+        data_dir=data_dir,
+        force=force,
+        progress=not quiet,
+    )
+    metrics = read_json(out / "metrics.json", "the victim directory is incomplete")
     print_metrics({"victim": metrics["victim"]}, metrics["time_s"], dataset)
     console().print(f"victim written to [bold]{out}[/bold]")
 
@@ -182,9 +194,23 @@ def _train_classic(
     )
     check_out(out, force)
     use_threads()
-    from mea.tabular.train import train_classic
+    from mea import api
+    from mea.runs import read_json
 
-    metrics = train_classic(config, out, data_dir, force=force)
+    api.train_victim(
+        out,
+        dataset,
+        arch,
+        seed,
+        target=target,
+        hidden=config.hidden,
+        activation=config.activation,
+        max_depth=max_depth,
+        trees=config.trees,
+        data_dir=data_dir,
+        force=force,
+    )
+    metrics = read_json(out / "metrics.json", "the victim directory is incomplete")
     victim = metrics["victim"]
     console().print(
         f"{arch} on {dataset}: test accuracy [bold]{victim['accuracy']:.2%}[/bold], macro F1 {victim['f1']:.4f} "

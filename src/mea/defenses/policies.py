@@ -24,7 +24,7 @@ from scipy.special import gammaincinv, ndtri
 from torch import nn
 
 from mea import models
-from mea.config import POLICIES
+from mea.config import policy_spec
 from mea.errors import ConfigError
 from mea.keying import coarse_codes, code_bytes
 from mea.signature import Signature
@@ -279,7 +279,7 @@ class MaximumAngularDeviation:
 def parse_policy(text: str) -> Policy:
     """Parse ``gaussian:0.5``, ``dirichlet:1``, ``misinformation:0.9``, ``top1-preserving:1``,
     ``mad:1`` or ``mad-top1:1``."""
-    name, _, arg = text.strip().partition(":")
+    name, value = policy_spec(text)
     kinds = {
         "gaussian": GaussianNoise,
         "dirichlet": DirichletNoise,
@@ -288,9 +288,4 @@ def parse_policy(text: str) -> Policy:
         "mad": MaximumAngularDeviation,
         "mad-top1": lambda epsilon=1.0: MaximumAngularDeviation(epsilon, top1=True),
     }
-    if name not in kinds:
-        raise ConfigError(f"unknown policy {text!r}; use one of: {POLICIES}")
-    try:
-        return kinds[name](float(arg)) if arg else kinds[name]()
-    except ValueError:
-        raise ConfigError(f"policy {text!r} needs a number after ':'; use one of: {POLICIES}") from None
+    return kinds[name](value) if value is not None else kinds[name]()

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mea import __version__, models
 from mea.attacks import extract, make_strategy
@@ -73,6 +74,20 @@ def run_attack(
     `pool_path`: where the pool `config.pool` names lies on this machine, if not there (a path pool
     shipped to a cluster's worker node, mea.experiments.shipping).
     """
+    return attack_run(config, victim, data_dir, oracle, out, force, progress, pool_path)[0]
+
+
+def attack_run(
+    config: AttackConfig,
+    victim: Victim,
+    data_dir: Path | None = None,
+    oracle: Oracle | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    pool_path: str | None = None,
+) -> tuple[dict, nn.Module]:
+    """`run_attack`, and the clone itself (`mea.api.attack` returns both)."""
     start = time.perf_counter()
     if out is not None:
         check_out(out, force)
@@ -144,4 +159,4 @@ def run_attack(
                 scratch / "confusion_clone.png",
             )
             write_json(scratch / "metrics.json", metrics)
-    return metrics
+    return metrics, extraction.clone

@@ -13,9 +13,9 @@ import torch
 
 from mea import __version__
 from mea.errors import ConfigError
-from mea.extraction import make_extraction
 from mea.extraction.base import Extraction, ModelClass, QuerySpace
 from mea.extraction.metrics import fidelity
+from mea.extraction.registry import make_extraction
 from mea.metrics import classification_metrics
 from mea.oracle import Label, Oracle, VictimOracle, parse_output
 from mea.runs import check_out, command_line, redact_url, run_directory, write_json
@@ -75,6 +75,18 @@ def run_extraction(
     data_dir: Path | None = None,
 ) -> dict:
     """Extract `victim` through `oracle` (by default in process) and return metrics.json content."""
+    return extraction_run(config, victim, oracle, out, force, data_dir)[0]
+
+
+def extraction_run(
+    config: ExtractionConfig,
+    victim: Victim,
+    oracle: Oracle | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    data_dir: Path | None = None,
+) -> tuple[dict, torch.nn.Module]:
+    """`run_extraction`, and the extracted model itself (`mea.api.attack` returns both)."""
     start = time.perf_counter()
     if out is not None:
         check_out(out, force)
@@ -126,4 +138,4 @@ def run_extraction(
             write_json(scratch / "config.json", resolved)
             save(result.clone, scratch / "clone.safetensors")
             write_json(scratch / "metrics.json", metrics)
-    return metrics
+    return metrics, result.clone

@@ -37,6 +37,12 @@ class Server:
     def logs(self) -> str:
         return self.log.read_text()
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        stop_all(self)
+
 
 def start_server(
     victim_dir: Path,

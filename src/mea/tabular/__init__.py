@@ -17,3 +17,12 @@ IMAGE_DATASETS = ("mnist",)  # image tasks a classic victim reads as flat pixel 
 def is_tabular(name: str) -> bool:
     """A tabular task's name: built in, or csv:PATH."""
     return name in TABULAR_DATASETS or name.startswith(CSV_PREFIX)
+
+
+def is_classic(arch: str, dataset: str, hidden: int | None = None, activation: str | None = None) -> bool:
+    """Whether `train-victim --arch ARCH` means a scikit-learn victim.  `mlp` names both mea's image
+    MLP and the one-hidden-layer scikit-learn MLP: on a tabular task, or with `--hidden` or
+    `--activation`, the latter; on images otherwise the former, as before the classic victims."""
+    if arch not in CLASSIC_ARCHS:
+        return False
+    return arch != "mlp" or is_tabular(dataset) or hidden is not None or activation is not None

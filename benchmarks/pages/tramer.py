@@ -28,7 +28,7 @@ def _err(value: float | None) -> str:
 
 
 def readme_tramer(results) -> str:
-    from benchmarks.render import source, table
+    from benchmarks.pages.format import source, table
 
     record = results["tramer.json"]
     victims = record["victims"]
@@ -97,7 +97,7 @@ def readme_tramer(results) -> str:
 
 
 def _label_only(record: dict) -> list[str]:
-    from benchmarks.render import table
+    from benchmarks.pages.format import table
 
     lines = []
     multiples = sorted({r["multiple"] for r in record["label_only"]})
@@ -120,7 +120,7 @@ def _label_only(record: dict) -> list[str]:
 
 
 def _rounding(record: dict) -> list[str]:
-    from benchmarks.render import table
+    from benchmarks.pages.format import table
 
     lines = []
     decimals = sorted({r["decimals"] for r in record["rounding"]})
