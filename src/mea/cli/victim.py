@@ -22,7 +22,7 @@ from mea.cli.common import (
     seed_option,
     use_threads,
 )
-from mea.config import ARCH_NAMES, DATASET_NAMES, VICTIM_TRAINING, Splits, VictimConfig
+from mea.config import ARCH_NAMES, DATASET_NAMES, VICTIM_TRAINING, AttackConfig, Splits, VictimConfig
 from mea.errors import MeaError
 from mea.tabular import CLASSIC_ARCHS, TABULAR_DATASETS, is_classic, is_tabular
 
@@ -227,36 +227,44 @@ def _train_classic(
     show_default=True,
     help="Directory to create for the demo (victim/ and attack/ inside).",
 )
+@click.option(
+    "--queries",
+    type=int,
+    default=default_of(AttackConfig, "queries"),
+    show_default=True,
+    callback=positive_int,
+    help="The attacker's budget (a smaller one makes a quicker, weaker demo).",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it already holds files (without it, the demo refuses).")
 @data_dir_option
 @quiet_option
-def demo_command(out: Path, force: bool, data_dir: Path | None, quiet: bool) -> None:
-    """The main job: fetch MNIST, train the victim, steal it with 60,000 queries, print the metrics."""
+def demo_command(out: Path, queries: int, force: bool, data_dir: Path | None, quiet: bool) -> None:
+    """The main job: fetch MNIST, train the victim, steal it (60,000 queries by default), print the metrics."""
     # The study's setting throughout: the default dataset, victim and attack.
     from mea.runs import check_out
 
     check_out(out, force)  # before any work: an existing demo is replaced only with --force
     use_threads()
-    from mea.config import AttackConfig
+    from mea import api
     from mea.data.catalog import dataset_spec
     from mea.data.fetch import fetch, is_cached
-    from mea.experiments.attack import run_attack
-    from mea.victim import load_victim, train_victim
 
-    victim_config, attack_config = VictimConfig(), AttackConfig()
+    victim_config = VictimConfig()
     spec = dataset_spec(victim_config.splits.dataset)
     if not is_cached(spec, data_dir):
         fetch(spec, data_dir)
     train_images = victim_config.splits.victim_train.stop
     console().print(f"[bold]1/2[/bold] training the victim LeNet-5 on {spec.title} ({train_images:,} images)")
-    train_victim(victim_config, out / "victim", data_dir, force=True, progress=not quiet)
+    victim = api.train_victim(out / "victim", data_dir=data_dir, force=True, progress=not quiet)
+    attack_config = AttackConfig(queries=queries)
     console().print(
         f"[bold]2/2[/bold] stealing it: {attack_config.queries:,} queries from the {attack_config.pool} pool, "
         f"answered with {attack_config.output}, no true labels"
     )
-    metrics = run_attack(
-        attack_config, load_victim(out / "victim"), data_dir, out=out / "attack", force=True, progress=not quiet
+    stolen = api.attack(
+        victim, attack_config.strategy, queries, out=out / "attack", force=True, data_dir=data_dir, progress=not quiet
     )
+    metrics = stolen.metrics
     print_metrics(metrics, metrics["time_s"], spec.name, metrics["queries"])
     console().print(
         f"victim: [bold]{out / 'victim'}[/bold]   attack: [bold]{out / 'attack'}[/bold] "
