@@ -62,9 +62,8 @@ from mea.victim import load_victim, train_victim
 CACHE = ROOT / "runs" / "ownership"
 OUT = RESULTS / "ownership.json"
 PLOT = ROOT / "docs" / "ownership.png"
-BUDGET = Budget()  # 1,000 queries: records, the fingerprint, 10 neighbours per record, probes fill the rest
+BUDGET = Budget()  # 1,000 queries: records, 10 neighbours per record, the fingerprint (if whole), probes fill the rest
 # Other forms of the watermark test, measured on the same clones (`ablation`): what each choice buys.
-PREVIOUS_BUDGET = Budget(max_queries=1000)
 EQUAL_WEIGHTS = WatermarkWeights(record=1, neighbour=1, probe=1)
 NO_NEIGHBOURS = dataclasses.replace(BUDGET, neighbours=0)
 RATES = (0.0, 0.001, 0.0025, 0.004, 0.005, 0.01, 0.02)
@@ -408,7 +407,6 @@ def summary(v: Verdict) -> dict:
 def ablation(model_path: Path, material: Material, evidence: EvidenceSet | None) -> dict:
     """The verdict p-value under other forms of the watermark test, on the same suspect and evidence."""
     return {
-        "previous_budget": verdict(model_path, material, evidence, budget=PREVIOUS_BUDGET).p_value,
         "equal_weights": verdict(model_path, material, evidence, weights=EQUAL_WEIGHTS).p_value,
         "no_neighbours": verdict(model_path, material, evidence, budget=NO_NEIGHBOURS).p_value,
     }

@@ -112,19 +112,19 @@ def ownership_markdown(results: dict) -> str:
             f"{row['auroc_clone_60k']:.3f} | {row['auroc_all_clones_5k_up']:.3f} | "
             f"{_p(row['clone_60k_rank_p_vs_population'])} |"
         )
-    forms = ("previous_budget", "equal_weights", "no_neighbours")
+    forms = ("equal_weights", "no_neighbours")
     lines += [
         "",
         "<details><summary>What each part of the test buys (the same clones, other forms of the test)</summary>",
         "",
-        "| clone (>= 5,000 mnist-train queries) | at most 1,000 queries | equal weights | no neighbours | this test |",
-        "|---|---|---|---|---|",
+        "| clone (>= 5,000 mnist-train queries) | equal weights | no neighbours | this test |",
+        "|---|---|---|---|",
     ]
     for row in strong:
         ablation = row["ablation"]
         lines.append(
-            f"| {row['name']} | {_p(ablation['previous_budget'])} | {_p(ablation['equal_weights'])} | "
-            f"{_p(ablation['no_neighbours'])} | {_p(row['p_value'])} |"
+            f"| {row['name']} | {_p(ablation['equal_weights'])} | {_p(ablation['no_neighbours'])} | "
+            f"{_p(row['p_value'])} |"
         )
     lines.append(
         f"| shown derived at p < {alpha:g} | "
