@@ -165,6 +165,11 @@ class Member:
     victim: bool = False  # trained by `train_victim`, as `mea train-victim --seed N --arch A` does
 
     @property
+    def arch(self) -> str:
+        """The architecture of the model this member is (a student's, if distilled)."""
+        return self.recipe.student or self.recipe.arch
+
+    @property
     def name(self) -> str:
         if self.victim:
             return f"train-victim-{self.recipe.arch}-seed{self.seed}"
@@ -251,13 +256,13 @@ def innocent(member: Member, owner: tuple, test) -> Path:
         model = models.load(scratch / "victim" / "model.safetensors")[0]
     else:
         model = train_innocent(member.recipe, member.seed, *owner, architectures=EXTRA)
-        _save(model, member.recipe.arch, scratch / "model.safetensors")
+        _save(model, member.arch, scratch / "model.safetensors")
     accuracy = float((predict_logits(model, test.images).argmax(1) == test.labels).float().mean())
     meta = {
         "name": member.name,
         "group": member.group,
         "recipe": member.recipe.describe(),
-        "arch": member.recipe.arch,
+        "arch": member.arch,
         "seed": member.seed,
         "command": (f"mea train-victim --arch {member.recipe.arch} --seed {member.seed}" if member.victim else None),
         "accuracy": accuracy,
@@ -444,7 +449,7 @@ def evaluate(victim_dir: Path, defense_dir: Path, threads: int) -> dict:
     for i, member in enumerate(members):
         path = innocent(member, owner, test)
         meta = json.loads((path / "meta.json").read_text())
-        row = {**meta, "verdicts": verify_row(weights_of(path), member.recipe.arch, material)}
+        row = {**meta, "verdicts": verify_row(weights_of(path), member.arch, material)}
         if member.victim and (member.recipe.arch, member.seed) in ISSUE_32:
             label = theft["label"]["clients"]
             row["cli"] = cli_verdict(weights_of(path), victim_dir, defense_dir, label, CACHE / "verdicts" / member.name)

@@ -18,7 +18,7 @@ from mea.config import AttackConfig, TrainConfig
 from mea.data import load, make_pool
 from mea.defenses.gate import ClientGate, ClientOracle
 from mea.defenses.policies import parse_policy
-from mea.defenses.prada import REFUSED
+from mea.defenses.prada import REFUSED, PradaMonitor
 from mea.defenses.store import load_defense
 from mea.errors import ConfigError
 from mea.experiments.attack import run_attack
@@ -130,13 +130,21 @@ def service(victim_dir, data_dir, tmp_path_factory):
     stop_all(server)
 
 
-def test_a_data_free_attack_over_http_equals_the_in_process_one(service, victim):
+def test_a_data_free_attack_over_http_meets_the_gate_it_meets_in_process(service, victim):
+    """DFME estimates gradients from queries a step of 1e-3 apart: a synthetic-step stream, which the
+    service's per-client detection (mea.defenses.steps) refuses in its first request.  The same attack
+    in process, through the same gate logic and batches, is refused at the same query."""
     token = create_key(service.db, "--name", "data-free", "--quota", "5000")
     remote = extract(HttpOracle(service.url, token, batch_size=512), None, make_strategy("dfme"), 2000, seed=1)
-    local = extract(VictimOracle(victim.model, budget=2000), None, make_strategy("dfme"), 2000, seed=1)
-    assert remote.queries == local.queries
+    gate = ClientGate(VictimOracle(victim.model, budget=2000), PradaMonitor())
+    oracle = ClientOracle(gate, "data-free", batch_size=512)
+    local = extract(oracle, None, make_strategy("dfme"), 2000, seed=1)
+    # Refused in the first request, before any answer (in process the refused batch counts as sent).
+    assert remote.refused_after == 0 and local.refused_after is not None and local.refused_after <= 512
+    state = oracle.state
+    assert state.level == REFUSED and state.steps_flagged_at is not None and state.steps_flagged_at <= 512
+    assert state.prada_flagged_at is None and state.ood_rate < 0.5  # the steps alone refused it
     x = load_test_images()
-    # Answers travel as float32 and come back bit for bit, so the two clones are the same.
     torch.testing.assert_close(predict_logits(remote.clone, x), predict_logits(local.clone, x), atol=1e-4, rtol=0)
 
 

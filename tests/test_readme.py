@@ -70,15 +70,17 @@ def test_check_names_the_blocks_of_a_results_file_that_changed(results):
     record = json.loads((results / "headline.json").read_text())
     record["victim"]["accuracy"] -= 0.01
     (results / "headline.json").write_text(json.dumps(record))
-    assert _new(readme.run(check=True, results_dir=results), baseline) == [("victim", readme.STALE)]
+    new = _new(readme.run(check=True, results_dir=results), baseline)
+    assert sorted(new) == [("headlines", readme.STALE), ("victim", readme.STALE)]  # the README's, and its page's
 
 
 def test_a_missing_results_file_is_named(results):
     baseline = readme.run(check=True, results_dir=results)
     (results / "headline.json").unlink()
-    new = _new(readme.run(check=True, results_dir=results), baseline)
-    assert {block for block, _ in new} == {"victim", "default-attack"}
-    assert all("headline.json is missing" in problem for _, problem in new)
+    new = dict(_new(readme.run(check=True, results_dir=results), baseline))
+    assert set(new) == {"victim", "default-attack", "headlines"}
+    assert all("headline.json is missing" in new[block] for block in ("victim", "default-attack"))
+    assert new["headlines"] == readme.STALE  # the README's headlines leave out what they cannot read
 
 
 def test_load_and_fault_block_follows_its_file(results, tmp_path):
@@ -103,6 +105,7 @@ OWN_VICTIM = {
     "fidelity_budgets.json": "fidelity-budgets",
     "ownership.json": "ownership",
     "verify_calibration.json": "verify-calibration",
+    "adaptive_attackers.json": "adaptive",
 }
 
 
@@ -128,8 +131,8 @@ def test_a_result_against_another_victim_names_it_in_its_block(name, block):
     body = text[text.index(f"<!-- mea:begin {block} -->") : text.index(f"<!-- mea:end {block} -->")]
     headline = json.loads((RESULTS / "headline.json").read_text())
     readme_victim = _victim_fingerprint(headline)
-    assert readme_victim is not None and record["victim"]["fingerprint"] != readme_victim
-    assert f"`{record['victim']['fingerprint'][:12]}`" in body
+    assert readme_victim is not None and _victim_fingerprint(record) != readme_victim
+    assert f"`{_victim_fingerprint(record)[:12]}`" in body
     assert "not the victim of the other results" in body
 
 

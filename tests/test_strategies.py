@@ -154,13 +154,19 @@ def test_repeating_a_query_gains_nothing_against_keyed_noise(victim, defense, da
     assert averaged.queries_used == 200
 
 
-def test_jitter_consensus_drops_misinformation_and_keeps_honest_answers(victim, defense, data_dir, test_images):
+def test_jitter_consensus_keeps_misinformation_keyed_on_the_coarse_code(victim, defense, data_dir, test_images):
+    """Misinformation keyed on a coarse code of the image (mea.keying): jittered copies get the same
+    wrong answer, so a consensus over them keeps it instead of finding and dropping it."""
     fashion = load("fashion-mnist", "test", data_dir).images[:300]
-    kept = {}
+    kept, wrong = {}, {}
     for name, images in (("mnist", test_images[:300]), ("fashion", fashion)):
         answers = JitterConsensus(defense.oracle(victim), copies=3, seed=0).query(images)
-        kept[name] = float((~answers.isnan().any(1)).float().mean())
-    assert kept["mnist"] > 0.9 and kept["fashion"] < 0.5, kept
+        agreed = ~answers.isnan().any(1)
+        kept[name] = float(agreed.float().mean())
+        truth = VictimOracle(victim.model).query(images).argmax(1)
+        wrong[name] = float((answers[agreed].argmax(1) != truth[agreed]).float().mean())
+    assert kept["mnist"] > 0.9 and kept["fashion"] > 0.8, kept
+    assert wrong["mnist"] < 0.05 and wrong["fashion"] > 0.5, wrong  # the kept Fashion answers are misinformation
 
 
 def test_the_gate_refuses_an_ood_stream_and_the_attack_trains_on_what_it_got(victim, defense, data_dir):
@@ -171,11 +177,13 @@ def test_the_gate_refuses_an_ood_stream_and_the_attack_trains_on_what_it_got(vic
     assert len(result.transfer) < result.refused_after
 
 
-def test_cover_traffic_keeps_a_synthetic_attacker_under_the_ood_rate(victim, defense, pool):
+def test_cover_traffic_keeps_a_synthetic_attacker_under_the_ood_rate_not_under_the_step_detector(victim, defense, pool):
     gate = ClientGate(defense.oracle(victim))
     strategy = CoverTraffic(make_strategy("jbda-tr"), cover=4.0)
     result = extract(ClientOracle(gate, "covered"), pool, strategy, 1500, train=QUICK, seed=0, progress=False)
-    assert result.queries == 1500 and result.refused_after is None
+    state = gate.monitor.state("covered")
+    assert state.ood_rate < 0.2 and state.prada_flagged_at is None  # cover traffic hides it from these
+    assert result.refused_after is not None and result.refused_after < 1500  # not from a window of steps
+    assert state.steps_flagged_at is not None and state.steps_flagged_at <= result.refused_after
     natural = float((result.transfer.pool_index >= 0).float().mean())
-    assert 0.75 < natural < 0.9
-    assert gate.monitor.state("covered").ood_rate < 0.2
+    assert natural > 0.7  # the seeds and the cover: the steps from them were refused

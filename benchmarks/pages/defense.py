@@ -283,6 +283,9 @@ def readme_adaptive(results: Results) -> str:
         rows.append(line)
     budgets = sorted({row["budget"] for row in record["summary"]})
     lines = [
+        f"Measured against victim `{record['victim_fingerprint'][:12]}`, trained on this machine with `mea "
+        "train-victim` (not the victim of the other results: seeded training gives other weights on another CPU).",
+        "",
         table(["attacker", "no defense", "defended oracle", "service gate"], rows),
         "",
         f"Clone accuracy on MNIST test, mean ± sample standard deviation over {draws} draws (attacker seed d, "
