@@ -238,7 +238,15 @@ def feature_vector_rows(victim, scratch: Path, seed: int = 0) -> dict:
     return record
 
 
-def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0) -> dict:
+MNIST_RUNS = (  # (points, queries, the solver drops inconsistent answers)
+    ("mnist-train", 785, True),
+    ("mnist-train", 7850, True),
+    ("mnist-train", 7850, False),
+    ("uniform", 785, True),
+)
+
+
+def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIST_RUNS) -> dict:
     """The MNIST softmax regression behind `mea serve --defense` (fitted by `mea.fit_defense`, the
     watermark on), stolen by equation-solving over HTTP, each clone then put to `mea.verify`."""
     from mea import api
@@ -260,18 +268,15 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0) -> dict:
             .mean()
         ),
     }
-    natural = QuerySpace(victim.signature, pool_points("mnist-train", victim), "mnist-train")
-    uniform = QuerySpace(victim.signature)
-    runs = [  # (points, queries, solver drops inconsistent answers)
-        (natural, 785, True),
-        (natural, 7850, True),
-        (natural, 7850, False),
-        (uniform, 785, True),
-    ]
+    spaces = {
+        "mnist-train": QuerySpace(victim.signature, pool_points("mnist-train", victim), "mnist-train"),
+        "uniform": QuerySpace(victim.signature),
+    }
     rows = []
     db = scratch / "mnist-service.sqlite"
     with api.start_server(victim_dir, db, defense=scratch / "mnist-defense") as server:
-        for index, (space, queries, robust) in enumerate(runs):
+        for index, (points, queries, robust) in enumerate(runs):
+            space = spaces[points]
             client = f"thief-{index}"
             key = create_key(db, "--name", client, "--quota", str(10 * queries))
             for served in (True, False):

@@ -179,7 +179,9 @@ class FunctionallyEquivalent:
     ) -> int:
         """Search the lines from each origin through a point `towards`; the number of new units."""
         heads = towards - origins
-        heads /= np.linalg.norm(heads, axis=1, keepdims=True)
+        norms = np.linalg.norm(heads, axis=1)
+        apart = norms > 1e-6  # two corners drawn alike make no line
+        origins, heads = origins[apart], heads[apart] / norms[apart, None]
         units.lines += len(origins)
         kinks, unresolved = self._kinks(box, origins, heads)
         units.stats["unresolved_intervals"] += unresolved

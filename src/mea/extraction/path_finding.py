@@ -77,7 +77,9 @@ class PathFinding:
 
     def run(self, oracle: Oracle, space: QuerySpace, known: ModelClass, rng: np.random.Generator) -> Extraction:
         known.require(self.name, ("tree",))
-        if self.incomplete and not known.signature.missing:
+        # The API itself must take features left out (an HTTP oracle says whether its server does).
+        answers_missing = getattr(getattr(oracle, "signature", None), "missing", known.signature.missing)
+        if self.incomplete and not (known.signature.missing and answers_missing):
             raise ConfigError("this victim does not answer queries with missing features; drop incomplete queries")
         if space.low is None or space.high is None:
             raise ConfigError("path-finding searches each feature's range; this victim states none")
