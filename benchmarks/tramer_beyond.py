@@ -250,6 +250,7 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIS
     """The MNIST softmax regression behind `mea serve --defense` (fitted by `mea.fit_defense`, the
     watermark on), stolen by equation-solving over HTTP, each clone then put to `mea.verify`."""
     from mea import api
+    from mea.errors import Refused
     from mea.extraction.base import QuerySpace
     from mea.extraction.run import pool_points
     from mea.oracle import VictimOracle
@@ -280,14 +281,27 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIS
             client = f"thief-{index}"
             key = create_key(db, "--name", client, "--quota", str(10 * queries))
             for served in (True, False):
-                oracle = api.connect(server.url, key, victim=victim) if served else VictimOracle(victim.model)
-                result = _steal(victim, oracle, space, queries, seed, robust)
                 row = {
                     "points": space.name,
-                    "queries": result.queries,
+                    "queries": queries,
                     "robust_solver": robust,
                     "defended_service": served,
                     "flagged": _flagged(defense.detector, victim, space, queries, seed),
+                }
+                oracle = api.connect(server.url, key, victim=victim) if served else VictimOracle(victim.model)
+                try:
+                    result = _steal(victim, oracle, space, queries, seed, robust)
+                except Refused as refusal:  # the service stops answering a client it judges an attacker
+                    answered = 0 if refusal.answers is None else len(refusal.answers)
+                    rows.append({**row, "status": "refused", "answered": answered, "error": str(refusal)})
+                    print("mnist service", space.name, queries, robust, served, "refused", flush=True)
+                    continue
+                except Exception as exc:
+                    rows.append({**row, "status": "failed", "error": _error(exc)})
+                    continue
+                row |= {
+                    "status": "extracted",
+                    "queries": result.queries,
                     **_score(victim, result.clone),
                     "details": {k: v for k, v in result.details.items() if isinstance(v, int | float | str)},
                 }

@@ -182,6 +182,10 @@ def _functionally_equivalent(record: dict) -> list[str]:
 
 
 def _solved(r: dict) -> str:
+    if r.get("status") == "refused":
+        return f"refused the key after {r['answered']:,} answers"
+    if r.get("status") == "failed":
+        return f"failed: {r['error']}"
     error = r.get("relative_parameter_error")
     return f"{_pct(r['test_agreement'])} / {_pct(r['uniform_agreement'])}" + (
         "" if error is None else f" / {error:.1e}"
@@ -245,7 +249,7 @@ def _defended(defended: dict) -> list[str]:
                     _pct(served["flagged"]),
                     _solved(cells[False]),
                     _solved(served),
-                    str(served["details"].get("ratios_dropped", "")),
+                    str(served.get("details", {}).get("ratios_dropped", "")),
                     _verdict(verify.get("evidence")),
                     _verdict(verify.get("probes")),
                 ]
