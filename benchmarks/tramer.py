@@ -209,20 +209,9 @@ def main() -> None:
 
         if "rounding" in sections:
             for decimals in range(6):
-                row(
-                    "rounding",
-                    "digits-softmax",
-                    f"rounded:{decimals}",
-                    attack(victims["digits-softmax"], EquationSolving(queries=650), Rounded(decimals)),
-                    decimals=decimals,
-                )
-                row(
-                    "rounding",
-                    "digits-mlp",
-                    f"rounded:{decimals}",
-                    attack(victims["digits-mlp"], EquationSolving(queries=3020), Rounded(decimals)),
-                    decimals=decimals,
-                )
+                for name, queries in (("digits-softmax", 650), ("digits-mlp", 3020)):
+                    result = attack(victims[name], EquationSolving(queries=queries), Rounded(decimals))
+                    row("rounding", name, f"rounded:{decimals}", result, decimals=decimals)
 
         if "label-only" in sections:
             for name in ("digits-softmax", "digits-mlp"):
