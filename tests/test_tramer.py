@@ -43,6 +43,7 @@ VICTIMS = {
     "iris-softmax": ClassicConfig(dataset="iris", arch="softmax"),
     "iris-relu": ClassicConfig(dataset="iris", arch="mlp", hidden=4, activation="relu"),
     "cancer-relu": ClassicConfig(dataset="breast-cancer", arch="mlp", hidden=3, activation="relu"),
+    "iris-tree": ClassicConfig(dataset="iris", arch="tree", max_depth=3),
 }
 
 
@@ -255,8 +256,8 @@ HTTP_ATTACKS = [
     ("iris-softmax", "line-search", "label", 300, 0.85),
     ("iris-softmax", "adaptive", "label", 300, 0.85),
     ("iris-relu", "functionally-equivalent", None, None, 0.99),
-    ("cancer-tree", "path-finding", None, None, 1.0),
-    ("cancer-tree", "path-finding:incomplete", None, None, 1.0),
+    ("iris-tree", "path-finding", None, None, 1.0),
+    ("iris-tree", "path-finding:incomplete", None, None, 1.0),
 ]
 
 
@@ -284,7 +285,7 @@ def test_every_attack_over_http_against_mea_serve(victims, tmp_path):
 def test_mea_serve_names_a_tree_s_node_as_an_extra_output_and_nothing_else_does(victims, tmp_path):
     import httpx
 
-    for name in ("cancer-tree", "iris-softmax"):
+    for name in ("iris-tree", "iris-softmax"):
         db = tmp_path / f"{name}.sqlite"
         with _relaxed_service(victims[name], db) as url:
             key = create_key(db, "--name", "reader")
@@ -363,6 +364,9 @@ def _user_models(victims) -> dict[str, tuple[object, str, int]]:
     train = table.split()["train"]
     tree = DecisionTreeClassifier(max_depth=VICTIMS["cancer-tree"].max_depth, random_state=0)
     tree.fit(table.features[train], table.labels[train])
+    model = load_victim(victims["cancer-tree"]).model
+    test = load_victim(victims["cancer-tree"]).test_set().images.double()
+    assert np.allclose(tree.predict_proba(test.numpy()), torch.softmax(model(test), 1).numpy()), "not the same tree"
     return {
         "digits-softmax": (linear("digits-softmax"), "predict_proba", 10),
         "cancer-logreg": (linear("cancer-logreg"), "predict_proba", 2),
