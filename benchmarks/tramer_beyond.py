@@ -278,8 +278,8 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIS
     with api.start_server(victim_dir, db, defense=scratch / "mnist-defense") as server:
         for index, (points, queries, robust) in enumerate(runs):
             space = spaces[points]
-            client = f"thief-{index}"
-            key = create_key(db, "--name", client, "--quota", str(10 * queries))
+            key = create_key(db, "--name", f"thief-{index}", "--quota", str(10 * queries))
+            client = _key_id(db, key)  # the evidence names a client by its key's id
             for served in (True, False):
                 row = {
                     "points": space.name,
@@ -311,6 +311,15 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIS
                 print("mnist service", space.name, queries, robust, served, row["test_agreement"], flush=True)
     record["rows"] = rows
     return record
+
+
+def _key_id(db: Path, key: str) -> str:
+    from mea.serve.db import Database
+    from mea.serve.keys import KeyStore
+
+    found = KeyStore(Database(db)).authenticate(key)
+    assert found is not None, "a key just created is unknown"
+    return found.id
 
 
 def _verify(clone, victim, defense, db: Path, client: str) -> dict:

@@ -164,7 +164,7 @@ def _functionally_equivalent(record: dict) -> list[str]:
                 attack,
                 r["answers"],
                 str(r["seed"]),
-                "extracted" if extracted else f"{r['status']}: {r.get('error', '')}",
+                "extracted" if extracted else f"{r['status']}: {r.get('error', '').split(' (at ')[0]}",
                 f"{r['queries']:,}",
                 _pct(r.get("test_agreement")) if extracted else "",
                 _pct(r.get("uniform_agreement")) if extracted else "",
