@@ -26,7 +26,8 @@ linear function of the input, whose kinks lie on the hidden units' hyperplanes w
    local fit from an almost exact start reaches float32 answers' precision as well).
 
 The attacker knows the architecture (one hidden layer of `hidden` ReLU units), as the papers
-assume; queries stay in the victim's feature box.  Work is done in the box's coordinates
+assume; queries stay in the victim's feature box or a few hundredths of a half-range outside it
+(the jacobians' steps, the points either side of a hyperplane).  Work is done in the box's coordinates
 u = (x - centre) / half-range over the features whose range is not a single value.
 """
 
@@ -75,7 +76,8 @@ class FunctionallyEquivalent:
     offset, in half-ranges, at which slopes are read; `slope_tolerance`: the smallest slope change
     taken for a kink; `min_width`: the narrowest interval halved; `polish`: the final local fit;
     `guided_rounds`: searches from the output-layer solve's worst-explained points; `solve_points`:
-    uniform points of the output-layer solve (None: twice what determines it)."""
+    points of the output-layer solve, half uniform and half at corners of the box or from the
+    attacker's pool (None: twice what determines it)."""
 
     lines: int = 96
     lines_per_round: int = 8
