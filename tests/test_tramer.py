@@ -226,11 +226,14 @@ def test_functionally_equivalent_extraction_refuses_what_it_cannot_read(victims,
 @contextlib.contextmanager
 def _relaxed_service(victim_dir: Path, db: Path):
     """`mea serve`'s app on 127.0.0.1 in this process, its per-client stream detection relaxed (no
-    Shapiro-Wilk flag, steps only at L-infinity 1e-9: none), so that an attack runs to its end."""
+    Shapiro-Wilk flag, steps only at L-infinity 1e-9: none), so that an attack runs to its end;
+    yields its URL and a function making a key (name, output mode) that returns its token."""
     import uvicorn
 
     from mea.config import PradaConfig, ServeConfig
     from mea.serve.app import create_app
+    from mea.serve.db import Database
+    from mea.serve.keys import KeyStore
     from mea.serve.process import free_port
 
     app = create_app(ServeConfig(db, prada=PradaConfig(threshold=0.0, step_radius=1e-9)), load_victim(victim_dir))
@@ -241,8 +244,13 @@ def _relaxed_service(victim_dir: Path, db: Path):
     deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    keys = KeyStore(Database(db))  # keys made in this process (`mea keys create` is a process each)
+
+    def new_key(name: str, output: str | None = None) -> str:
+        return keys.create(name, output=output)[1]
+
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", new_key
     finally:
         server.should_exit = True
         thread.join(30)
@@ -270,9 +278,9 @@ def test_every_attack_over_http_against_mea_serve(victims, tmp_path):
     for name, cases in by_victim.items():
         db = tmp_path / f"{name}.sqlite"
         victim = load_victim(victims[name])
-        with _relaxed_service(victims[name], db) as url:
+        with _relaxed_service(victims[name], db) as (url, new_key):
             for _, strategy, output, queries, at_least in cases:
-                key = create_key(db, "--name", strategy.replace(":", "-"), *(("--output", output) if output else ()))
+                key = new_key(strategy, output)
                 oracle = api.connect(url, key, victim=victim)
                 assert oracle.names_nodes == name.endswith("tree")
                 result = api.attack(victim, strategy, queries, oracle=oracle)
@@ -287,9 +295,8 @@ def test_mea_serve_names_a_tree_s_node_as_an_extra_output_and_nothing_else_does(
 
     for name in ("iris-tree", "iris-softmax"):
         db = tmp_path / f"{name}.sqlite"
-        with _relaxed_service(victims[name], db) as url:
-            key = create_key(db, "--name", "reader")
-            label_key = create_key(db, "--name", "labels", "--output", "label")
+        with _relaxed_service(victims[name], db) as (url, new_key):
+            key, label_key = new_key("reader"), new_key("labels", "label")
             metadata = httpx.get(f"{url}/v2/models/lenet-mnist", headers={"X-API-Key": key}).json()
             outputs = [o["name"] for o in metadata["outputs"]]
             tree = name.endswith("tree")
