@@ -1,12 +1,15 @@
 """Tramèr et al. 2016 reproduced: equation-solving, path-finding, Lowd-Meek and label-only
 retraining against mea's classic-ML victims, beside the paper's figures.
 
-    python -m benchmarks.tramer [--threads 1] [--seeds 2]
+    python -m benchmarks.tramer [--threads 1] [--seeds 2] [--fe-seeds 5] [--sections equation,trees,...]
 
-Trains its victims with `mea.tabular.train` (scikit-learn; digits softmax, ovr and a 20-unit tanh
-MLP, breast-cancer logreg, depth-10 trees on digits and breast-cancer) into a scratch directory,
-attacks each in process through the black-box oracle (`mea.extraction`), and writes
-benchmarks/results/tramer.json.  Every figure is agreement on the victim's test inputs and on
+Trains its victims with `mea.tabular.train` (scikit-learn; digits softmax, ovr, a 20-unit tanh and
+a 20-unit ReLU MLP, breast-cancer logreg, trees on digits, breast-cancer and a diabetes CSV, MNIST
+softmax on pixels) into a scratch directory, attacks each in process through the black-box oracle
+(`mea.extraction`), the ReLU MLP beside IBM ART's functionally-equivalent extraction, the digits and
+MNIST softmax regressions through the defense (MNIST's behind `mea serve --defense`, over HTTP, its
+clones then put to `mea verify`: benchmarks.tramer_beyond), and writes benchmarks/results/tramer.json.
+Every figure is agreement on the victim's test inputs and on
 10,000 uniform inputs in its feature ranges, the mean total-variation distance of the probability
 vectors, and where the victim's class is known the largest parameter error.
 """
@@ -27,10 +30,32 @@ VICTIMS = {
     "digits-softmax": {"dataset": "digits", "arch": "softmax"},
     "digits-ovr": {"dataset": "digits", "arch": "ovr"},
     "digits-mlp": {"dataset": "digits", "arch": "mlp", "hidden": 20},
+    "digits-relu": {"dataset": "digits", "arch": "mlp", "hidden": 20, "activation": "relu"},
     "cancer-logreg": {"dataset": "breast-cancer", "arch": "logreg"},
     "digits-tree": {"dataset": "digits", "arch": "tree", "max_depth": 10},
     "cancer-tree": {"dataset": "breast-cancer", "arch": "tree", "max_depth": 10},
+    # scikit-learn's diabetes table (442 patients, 10 features), its disease progression cut into
+    # terciles: a tabular task whose tree grows past depth 10 (breast-cancer's is pure at depth 5).
+    "diabetes-tree": {"dataset": "csv:diabetes.csv", "target": "progression", "arch": "tree", "max_depth": 12},
+    "mnist-softmax": {"dataset": "mnist", "arch": "softmax"},
 }
+SECTIONS = ("equation", "functionally-equivalent", "trees", "lowd-meek", "rounding", "label-only", "defended")
+
+
+def write_diabetes_csv(path: Path) -> Path:
+    """scikit-learn's bundled diabetes data as a CSV, the target's terciles as classes low/medium/high."""
+    import csv
+
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes(scaled=False)
+    classes = np.digitize(bunch.target, np.quantile(bunch.target, [1 / 3, 2 / 3]))
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*bunch.feature_names, "progression"])
+        for row, level in zip(bunch.data, classes, strict=True):
+            writer.writerow([f"{v:g}" for v in row] + [("low", "medium", "high")[level]])
+    return path
 
 
 def attack(victim, strategy, output=None, seed: int = 0, node_ids: bool = True) -> dict:
@@ -63,8 +88,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=2, help="seeds of the MLP rows (its fit is nonconvex)")
+    parser.add_argument("--fe-seeds", type=int, default=5, help="seeds of the functionally-equivalent rows")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=RESULTS / "tramer.json")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"unknown sections {sorted(sections - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
     from mea import threads
 
     threads.apply(args.threads)
@@ -79,15 +109,22 @@ def main() -> None:
     from mea.victim import load_victim
 
     record: dict = {"victims": {}, "equation_solving": [], "path_finding": [], "lowd_meek": [], "label_only": []}
-    record["rounding"] = []
+    record |= {"rounding": [], "functionally_equivalent": [], "defended": {}, "sections": sorted(sections)}
     with tempfile.TemporaryDirectory(prefix="mea-tramer-") as scratch:
         victims = {}
         for name, settings in VICTIMS.items():
+            if name == "mnist-softmax" and "defended" not in sections:
+                continue
+            if settings["dataset"].startswith("csv:"):
+                csv_file = write_diabetes_csv(Path(scratch) / settings["dataset"][4:])
+                settings = {**settings, "dataset": f"csv:{csv_file}"}
             metrics = train_classic(ClassicConfig(**settings), Path(scratch) / name)
             victims[name] = load_victim(Path(scratch) / name)
             model = victims[name].model
             record["victims"][name] = {
                 **settings,
+                "dataset": VICTIMS[name]["dataset"],
+                "train_s": metrics["time_s"]["train"],
                 "accuracy": metrics["victim"]["accuracy"],
                 "signature": victims[name].signature.describe(),
                 "unknowns": getattr(model, "unknowns", None),
@@ -97,10 +134,13 @@ def main() -> None:
             }
             print(name, record["victims"][name], flush=True)
 
-        def row(table: str, victim: str, label: str, result: dict, **extra) -> None:
-            record[table].append({"victim": victim, "setting": label, **extra, **result})
+        def save() -> None:
             # Written after every row: a run cut short leaves what it measured (marked partial).
             args.out.write_text(json.dumps({**record, "partial": True, "provenance": provenance.record()}, indent=2))
+
+        def row(table: str, victim: str, label: str, result: dict, **extra) -> None:
+            record[table].append({"victim": victim, "setting": label, **extra, **result})
+            save()
             print(
                 table,
                 victim,
@@ -110,68 +150,85 @@ def main() -> None:
                 flush=True,
             )
 
-        for name, budgets in (
-            ("cancer-logreg", (None,)),
-            ("digits-softmax", (None, 325, 650)),
-            ("digits-ovr", (None, 325, 650)),
-        ):
-            for budget in budgets:
+        if "equation" in sections:
+            for name, budgets in (
+                ("cancer-logreg", (None,)),
+                ("digits-softmax", (None, 325, 650)),
+                ("digits-ovr", (None, 325, 650)),
+            ):
+                for budget in budgets:
+                    row(
+                        "equation_solving",
+                        name,
+                        "needed" if budget is None else str(budget),
+                        attack(victims[name], EquationSolving(queries=budget)),
+                    )
+            for seed in range(args.seeds):
+                for budget in (1510, 3020):
+                    row(
+                        "equation_solving",
+                        "digits-mlp",
+                        str(budget),
+                        attack(victims["digits-mlp"], EquationSolving(queries=budget), seed=seed),
+                        seed=seed,
+                    )
+
+        if "functionally-equivalent" in sections:
+            from benchmarks.tramer_beyond import art_functionally_equivalent, mea_functionally_equivalent
+
+            relu = victims["digits-relu"]
+            runs = [lambda seed=seed: mea_functionally_equivalent(relu, seed) for seed in range(args.fe_seeds)]
+            runs.append(lambda: mea_functionally_equivalent(relu, 0, polish=False))
+            runs += [lambda seed=seed: art_functionally_equivalent(relu, seed, True) for seed in range(args.fe_seeds)]
+            runs.append(lambda: art_functionally_equivalent(relu, 0, False))
+            for run in runs:
+                result = run()
+                record["functionally_equivalent"].append({"victim": "digits-relu", **result})
+                save()
+                print("functionally-equivalent", {k: result.get(k) for k in ("attack", "seed", "status", "queries",
+                      "test_agreement", "max_logit_error")}, flush=True)  # fmt: skip
+
+        if "trees" in sections:
+            for name in ("digits-tree", "cancer-tree", "diabetes-tree"):
+                row("path_finding", name, "node ids", attack(victims[name], PathFinding()))
                 row(
-                    "equation_solving",
+                    "path_finding",
                     name,
-                    "needed" if budget is None else str(budget),
-                    attack(victims[name], EquationSolving(queries=budget)),
+                    "node ids, incomplete queries",
+                    attack(victims[name], PathFinding(incomplete=True)),
                 )
-        for seed in range(args.seeds):
-            for budget in (1510, 3020):
-                row(
-                    "equation_solving",
-                    "digits-mlp",
-                    str(budget),
-                    attack(victims["digits-mlp"], EquationSolving(queries=budget), seed=seed),
-                    seed=seed,
-                )
+                row("path_finding", name, "answers as ids", attack(victims[name], PathFinding(), node_ids=False))
 
-        for name in ("digits-tree", "cancer-tree"):
-            row("path_finding", name, "node ids", attack(victims[name], PathFinding()))
+        if "lowd-meek" in sections:
             row(
-                "path_finding",
-                name,
-                "node ids, incomplete queries",
-                attack(victims[name], PathFinding(incomplete=True)),
-            )
-            row("path_finding", name, "answers as ids", attack(victims[name], PathFinding(), node_ids=False))
-
-        row(
-            "lowd_meek",
-            "cancer-logreg",
-            "epsilon 1e-7",
-            attack(victims["cancer-logreg"], LowdMeek(epsilon=1e-7), Label()),
-        )
-
-        for decimals in range(6):
-            row(
-                "rounding",
-                "digits-softmax",
-                f"rounded:{decimals}",
-                attack(victims["digits-softmax"], EquationSolving(queries=650), Rounded(decimals)),
-                decimals=decimals,
-            )
-            row(
-                "rounding",
-                "digits-mlp",
-                f"rounded:{decimals}",
-                attack(victims["digits-mlp"], EquationSolving(queries=3020), Rounded(decimals)),
-                decimals=decimals,
+                "lowd_meek",
+                "cancer-logreg",
+                "epsilon 1e-7",
+                attack(victims["cancer-logreg"], LowdMeek(epsilon=1e-7), Label()),
             )
 
-        # The MLP's 100x row (151,000 labels, ten refits for adaptive) is left out: hours on 2 cores.
-        for name, multiples in (("digits-softmax", (1, 10, 100)), ("digits-mlp", (1, 10))):
-            unknowns = record["victims"][name]["unknowns"]
-            for multiple in multiples:
-                for kind in (UniformRetraining, LineSearchRetraining, AdaptiveRetraining):
-                    strategy = kind(queries=multiple * unknowns)
-                    row("label_only", name, strategy.name, attack(victims[name], strategy, Label()), multiple=multiple)
+        if "rounding" in sections:
+            for decimals in range(6):
+                for name, queries in (("digits-softmax", 650), ("digits-mlp", 3020)):
+                    result = attack(victims[name], EquationSolving(queries=queries), Rounded(decimals))
+                    row("rounding", name, f"rounded:{decimals}", result, decimals=decimals)
+
+        if "label-only" in sections:
+            for name in ("digits-softmax", "digits-mlp"):
+                unknowns = record["victims"][name]["unknowns"]
+                for multiple in (1, 10, 100):
+                    for kind in (UniformRetraining, LineSearchRetraining, AdaptiveRetraining):
+                        strategy = kind(queries=multiple * unknowns)
+                        result = attack(victims[name], strategy, Label())
+                        row("label_only", name, strategy.name, result, multiple=multiple)
+
+        if "defended" in sections:
+            from benchmarks.tramer_beyond import feature_vector_rows, mnist_service_rows
+
+            record["defended"]["digits"] = feature_vector_rows(victims["digits-softmax"], Path(scratch))
+            save()
+            record["defended"]["mnist"] = mnist_service_rows(Path(scratch) / "mnist-softmax", Path(scratch))
+            save()
     record["provenance"] = provenance.record()
     args.out.write_text(json.dumps({**record, "partial": False}, indent=2) + "\n")
     print(f"wrote {args.out}")

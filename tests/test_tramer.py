@@ -1,9 +1,15 @@
 """Classic-ML victims (mea.tabular) and the attacks of Tramèr et al. 2016 (mea.extraction) on small
-cases: scikit-learn's bundled datasets, offline; one real `mea serve` on 127.0.0.1 for HTTP."""
+cases: scikit-learn's bundled datasets, offline; `mea serve` on 127.0.0.1 for HTTP (as a process, and
+in this process with its per-client stream detection relaxed, so that every attack can be run over
+HTTP to the end); MLServer's scikit-learn runtime serving the user's own scikit-learn model files,
+where an `mlserver` executable is found (see `_mlserver_executable`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +20,7 @@ from tests.cli import mea, one_error_line
 from mea.errors import ConfigError, DataError
 from mea.extraction.base import ModelClass, QuerySpace
 from mea.extraction.equation_solving import EquationSolving
+from mea.extraction.functionally_equivalent import FunctionallyEquivalent
 from mea.extraction.lowd_meek import LowdMeek
 from mea.extraction.metrics import fidelity
 from mea.extraction.path_finding import PathFinding
@@ -34,6 +41,9 @@ VICTIMS = {
     "cancer-tree": ClassicConfig(dataset="breast-cancer", arch="tree", max_depth=6),
     "wine-forest": ClassicConfig(dataset="wine", arch="forest", max_depth=4, trees=3),
     "iris-softmax": ClassicConfig(dataset="iris", arch="softmax"),
+    "iris-relu": ClassicConfig(dataset="iris", arch="mlp", hidden=4, activation="relu"),
+    "cancer-relu": ClassicConfig(dataset="breast-cancer", arch="mlp", hidden=3, activation="relu"),
+    "iris-tree": ClassicConfig(dataset="iris", arch="tree", max_depth=3),
 }
 
 
@@ -190,3 +200,269 @@ def test_equation_solving_over_http_against_mea_serve(victims, tmp_path):
         assert "query budget exhausted: 0 of 35 queries used, 65 more asked" in one_error_line(steal("again"))
     finally:
         stop_all(server)
+
+
+def test_functionally_equivalent_extraction_recovers_a_relu_mlp(victims):
+    for name in ("iris-relu", "cancer-relu"):  # ten classes' centred logits, and a binary model's one logit
+        victim, result, close = _attack(victims, name, FunctionallyEquivalent())
+        assert close.test_agreement >= 0.99 and close.uniform_agreement >= 0.99, (name, result.details)
+        assert close.max_logit_error < 1e-2, (name, result.details)
+        assert result.details["units_found"] <= victim.model.hidden
+        assert isinstance(result.clone, type(victim.model)) and result.clone.activation.value == "relu"
+
+
+def test_functionally_equivalent_extraction_refuses_what_it_cannot_read(victims, tmp_path):
+    with pytest.raises(ConfigError, match=r"extracts ReLU networks .* this MLP uses tanh: use equation-solving"):
+        _attack(victims, "iris-mlp", FunctionallyEquivalent())
+    with pytest.raises(ConfigError, match="reads kinks in exact confidence values; this oracle rounds them"):
+        _attack(victims, "iris-relu", FunctionallyEquivalent(), Rounded(4))
+    with pytest.raises(ConfigError, match="this oracle answers label: use lowd-meek"):
+        _attack(victims, "iris-relu", FunctionallyEquivalent(), Label())
+    options = ("--strategy", "functionally-equivalent", "--out", str(tmp_path / "a"))
+    done = mea("attack", "--victim", str(victims["digits-softmax"]), *options)
+    assert "functionally-equivalent extracts mlp models; this victim is a softmax" in one_error_line(done)
+
+
+@contextlib.contextmanager
+def _relaxed_service(victim_dir: Path, db: Path):
+    """`mea serve`'s app on 127.0.0.1 in this process, its per-client stream detection relaxed (no
+    Shapiro-Wilk flag, steps only at L-infinity 1e-9: none), so that an attack runs to its end;
+    yields its URL and a function making a key (name, output mode) that returns its token."""
+    import uvicorn
+
+    from mea.config import PradaConfig, ServeConfig
+    from mea.serve.app import create_app
+    from mea.serve.db import Database
+    from mea.serve.keys import KeyStore
+    from mea.serve.process import free_port
+
+    app = create_app(ServeConfig(db, prada=PradaConfig(threshold=0.0, step_radius=1e-9)), load_victim(victim_dir))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    keys = KeyStore(Database(db))  # keys made in this process (`mea keys create` is a process each)
+
+    def new_key(name: str, output: str | None = None) -> str:
+        return keys.create(name, output=output)[1]
+
+    try:
+        yield f"http://127.0.0.1:{port}", new_key
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+# Every attack over HTTP: (victim, strategy, the key's output mode, queries, test and uniform agreement at least).
+HTTP_ATTACKS = [
+    ("cancer-logreg", "equation-solving", None, None, 1.0),
+    ("cancer-logreg", "lowd-meek", "label", None, 0.99),
+    ("iris-softmax", "uniform", "label", 300, 0.85),
+    ("iris-softmax", "line-search", "label", 300, 0.85),
+    ("iris-softmax", "adaptive", "label", 300, 0.85),
+    ("iris-relu", "functionally-equivalent", None, None, 0.99),
+    ("iris-tree", "path-finding", None, None, 1.0),
+    ("iris-tree", "path-finding:incomplete", None, None, 1.0),
+]
+
+
+def test_every_attack_over_http_against_mea_serve(victims, tmp_path):
+    from mea import api
+
+    by_victim: dict[str, list] = {}
+    for case in HTTP_ATTACKS:
+        by_victim.setdefault(case[0], []).append(case)
+    for name, cases in by_victim.items():
+        db = tmp_path / f"{name}.sqlite"
+        victim = load_victim(victims[name])
+        with _relaxed_service(victims[name], db) as (url, new_key):
+            for _, strategy, output, queries, at_least in cases:
+                key = new_key(strategy, output)
+                oracle = api.connect(url, key, victim=victim)
+                assert oracle.names_nodes == name.endswith("tree")
+                result = api.attack(victim, strategy, queries, oracle=oracle)
+                assert result.fidelity >= at_least and result.uniform_agreement >= at_least, (strategy, result)
+                if strategy.startswith("path-finding"):
+                    assert result.metrics["details"]["identified_by"] == "node"
+                    assert result.metrics["details"]["leaves"] == victim.model.leaf_count
+
+
+def test_mea_serve_names_a_tree_s_node_as_an_extra_output_and_nothing_else_does(victims, tmp_path):
+    import httpx
+
+    for name in ("iris-tree", "iris-softmax"):
+        db = tmp_path / f"{name}.sqlite"
+        with _relaxed_service(victims[name], db) as (url, new_key):
+            key, label_key = new_key("reader"), new_key("labels", "label")
+            metadata = httpx.get(f"{url}/v2/models/lenet-mnist", headers={"X-API-Key": key}).json()
+            outputs = [o["name"] for o in metadata["outputs"]]
+            tree = name.endswith("tree")
+            assert outputs == ["probabilities", "label", *(["node"] if tree else [])]
+            assert metadata["parameters"]["missing_features"] is tree
+            row = load_victim(victims[name]).test_set().images[:2]
+            tensor = {"name": "input", "shape": list(row.shape), "datatype": "FP32", "data": row.flatten().tolist()}
+            request = {"inputs": [tensor], "outputs": [{"name": "node"}]}
+            infer = f"{url}/v2/models/lenet-mnist/infer"
+            answer = httpx.post(infer, json=request, headers={"X-API-Key": key})
+            if tree:
+                assert answer.status_code == 200, answer.text
+                (node,) = answer.json()["outputs"]
+                assert node["name"] == "node" and node["data"] == load_victim(victims[name]).model.nodes(row).tolist()
+                refused = httpx.post(infer, json=request, headers={"X-API-Key": label_key})
+                assert refused.status_code == 400 and "name no node" in refused.json()["error"]
+            else:
+                assert answer.status_code == 400 and "unknown output 'node'" in answer.json()["error"]
+
+
+def test_mea_serve_s_step_detector_suspends_a_path_finding_client(victims, tmp_path):
+    """Without a defense too, `mea serve` refuses a client whose queries are small steps from its
+    earlier ones (mea.defenses.steps): path-finding's bisections are such a stream."""
+    server = start_server(victims["cancer-tree"], tmp_path / "db.sqlite", tmp_path / "server.log")
+    try:
+        key = create_key(server.db, "--name", "thief")
+        options = ("--url", server.url, "--api-key", key, "--strategy", "path-finding", "--out", str(tmp_path / "a"))
+        done = mea("attack", "--victim", str(victims["cancer-tree"]), *options, threads=1)
+        assert "this API key is suspended" in one_error_line(done)
+    finally:
+        stop_all(server)
+
+
+def _mlserver_executable() -> str | None:
+    """MLServer cannot be installed beside the dev extras (mlserver 1.7 pins starlette < 0.47; KServe
+    needs >= 1.3.1), so it lives in an environment of its own: $MEA_MLSERVER, else
+    .venv-mlserver/bin/mlserver at the repository root (pip install 'model-extraction-attack[mlserver]'
+    there), else `mlserver` on the PATH."""
+    import os
+    import shutil
+
+    beside = Path(__file__).resolve().parent.parent / ".venv-mlserver" / "bin" / "mlserver"
+    found = os.environ.get("MEA_MLSERVER") or (str(beside) if beside.exists() else shutil.which("mlserver"))
+    return found if found and Path(found).exists() else None
+
+
+def _user_models(victims) -> dict[str, tuple[object, str, int]]:
+    """The user's own scikit-learn estimators, equal to the mea victims they stand for: (estimator,
+    the output MLServer's runtime answers, its width).  Built from the victims' parameters, the tree
+    refitted as `mea train-victim` fits it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    from mea.tabular.datasets import read_table
+
+    def linear(name: str):
+        model = load_victim(victims[name]).model
+        estimator = LogisticRegression()
+        estimator.classes_ = np.arange(model.signature.classes)
+        estimator.coef_, estimator.intercept_ = model.weight.numpy().copy(), model.bias.numpy().copy()
+        estimator.n_features_in_ = model.signature.features
+        return estimator
+
+    relu = load_victim(victims["iris-relu"]).model
+    mlp = MLPClassifier(hidden_layer_sizes=(relu.hidden,), activation="relu")
+    mlp.coefs_ = [relu.w0.numpy().T.copy(), relu.w1.numpy().T.copy()]
+    mlp.intercepts_ = [relu.b0.numpy().copy(), relu.b1.numpy().copy()]
+    mlp.n_layers_, mlp.n_outputs_, mlp.out_activation_ = 3, relu.w1.shape[0], "softmax"
+    mlp.classes_, mlp.n_features_in_ = np.arange(relu.signature.classes), relu.signature.features
+    table = read_table("breast-cancer")
+    train = table.split()["train"]
+    tree = DecisionTreeClassifier(max_depth=VICTIMS["cancer-tree"].max_depth, random_state=0)
+    tree.fit(table.features[train], table.labels[train])
+    model = load_victim(victims["cancer-tree"]).model
+    test = load_victim(victims["cancer-tree"]).test_set().images.double()
+    assert np.allclose(tree.predict_proba(test.numpy()), torch.softmax(model(test), 1).numpy()), "not the same tree"
+    return {
+        "digits-softmax": (linear("digits-softmax"), "predict_proba", 10),
+        "cancer-logreg": (linear("cancer-logreg"), "predict_proba", 2),
+        "cancer-logreg-labels": (linear("cancer-logreg"), "predict", 1),
+        "iris-softmax-labels": (linear("iris-softmax"), "predict", 1),
+        "iris-relu": (mlp, "predict_proba", 3),
+        "cancer-tree": (tree, "predict_proba", 2),
+    }
+
+
+@pytest.fixture(scope="module")
+def mlserver(victims, tmp_path_factory):
+    """MLServer's scikit-learn runtime on 127.0.0.1, loading the user's joblib files (MLServer
+    unpickles them, as it does any user's model: mea itself never does)."""
+    import os
+    import subprocess
+
+    import httpx
+    import joblib
+
+    from mea.serve.process import free_port
+
+    executable = _mlserver_executable()
+    if executable is None:
+        pytest.skip("no mlserver executable (set $MEA_MLSERVER or make .venv-mlserver; see _mlserver_executable)")
+    root = tmp_path_factory.mktemp("mlserver")
+    for name, (estimator, output, width) in _user_models(victims).items():
+        folder = root / name
+        folder.mkdir()
+        joblib.dump(estimator, folder / "model.joblib")
+        features = load_victim(victims[name.removesuffix("-labels")]).signature.features
+        settings = {
+            "name": name,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib", "version": "v1"},
+            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, features]}],
+            "outputs": [{"name": output, "datatype": "INT64" if output == "predict" else "FP64", "shape": [-1, width]}],
+        }
+        (folder / "model-settings.json").write_text(json.dumps(settings))
+    port = free_port()
+    ports = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
+    (root / "settings.json").write_text(json.dumps({**ports, "host": "127.0.0.1", "parallel_workers": 0}))
+    log = (root / "mlserver.log").open("w")
+    process = subprocess.Popen(
+        [executable, "start", str(root)], cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, (root / "mlserver.log").read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# (MLServer model, the mea victim it stands for, strategy, queries, test and uniform agreement at least)
+MLSERVER_ATTACKS = [
+    ("digits-softmax", "digits-softmax", "equation-solving", None, 1.0),
+    ("cancer-logreg", "cancer-logreg", "equation-solving", None, 1.0),
+    ("cancer-logreg-labels", "cancer-logreg", "lowd-meek", None, 0.99),
+    ("iris-softmax-labels", "iris-softmax", "uniform", 300, 0.85),
+    ("iris-softmax-labels", "iris-softmax", "line-search", 300, 0.85),
+    ("iris-softmax-labels", "iris-softmax", "adaptive", 300, 0.85),
+    ("iris-relu", "iris-relu", "functionally-equivalent", None, 0.99),
+    ("cancer-tree", "cancer-tree", "path-finding", None, 0.5),  # answers as leaf identities: leaves merge
+]
+
+
+@pytest.mark.slow
+def test_every_attack_over_http_against_mlserver(mlserver, victims):
+    from mea import api
+
+    for model, name, strategy, queries, at_least in MLSERVER_ATTACKS:
+        victim = load_victim(victims[name])
+        oracle = api.connect(mlserver, model=model, victim=victim)
+        assert not oracle.names_nodes
+        result = api.attack(victim, strategy, queries, oracle=oracle)
+        assert result.fidelity >= at_least and result.uniform_agreement >= at_least, (model, strategy, result)
+        if strategy == "equation-solving":
+            assert result.metrics["clone"]["relative_parameter_error"] < 1e-5
+        if strategy == "path-finding":
+            assert result.metrics["details"]["identified_by"] == "answer"
+    victim = load_victim(victims["cancer-tree"])
+    with pytest.raises(ConfigError, match="does not answer queries with missing features"):
+        api.attack(victim, "path-finding:incomplete", oracle=api.connect(mlserver, model="cancer-tree", victim=victim))

@@ -17,6 +17,11 @@ PAPER_EQUATION = {
 PAPER_TREES = "§4.2 (BigML trees through their API): German credit about 1,150 queries, Steak survey about 4,000"
 PAPER_LABEL = "§6: label-only retraining of a neural net at 100x unknowns: 99.16% test agreement"
 PAPER_ROUNDING = "§8: rounding to 4-5 decimals did not stop the attacks; 2-3 decimals weakened them"
+PAPER_FE = (
+    "Jagielski et al. 2020 (§5) and Carlini et al. 2020 (§4) recover a one-hidden-layer ReLU network from its "
+    "logits up to the units' order and scale; ART 1.20's `FunctionallyEquivalentExtraction` implements the "
+    "former for two dense layers"
+)
 
 
 def _pct(value: float | None) -> str:
@@ -83,6 +88,10 @@ def readme_tramer(results) -> str:
         lines += _label_only(record)
     if record["rounding"]:
         lines += _rounding(record)
+    if record.get("functionally_equivalent"):
+        lines += _functionally_equivalent(record)
+    if record.get("defended"):
+        lines += _defended(record["defended"])
     if record.get("partial"):
         lines.append("**A partial run**: the benchmark was stopped before its last rows; those are missing above.\n")
     lines.append(
@@ -135,3 +144,128 @@ def _rounding(record: dict) -> list[str]:
     lines.append(table(["equation-solving, answers rounded to"] + [f"{k} decimals" for k in decimals], rows))
     lines.append(f"\nThe paper: {PAPER_ROUNDING}.\n")
     return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} s"
+
+
+def _functionally_equivalent(record: dict) -> list[str]:
+    from benchmarks.pages.format import table
+
+    rows = []
+    for r in record["functionally_equivalent"]:
+        attack = "mea `functionally-equivalent`" if r["attack"] == "mea" else "ART `FunctionallyEquivalentExtraction`"
+        if r["attack"] == "mea" and not r.get("polish", True):
+            attack += ", no polish"
+        extracted = r["status"] == "extracted"
+        rows.append(
+            [
+                attack,
+                r["answers"],
+                str(r["seed"]),
+                "extracted" if extracted else f"{r['status']}: {r.get('error', '').split(' (at ')[0]}",
+                f"{r['queries']:,}",
+                _pct(r.get("test_agreement")) if extracted else "",
+                _pct(r.get("uniform_agreement")) if extracted else "",
+                _err(r.get("max_logit_error")) if extracted else "",
+                _seconds(r.get("wall_s")),
+            ]
+        )
+    header = ["`digits-relu`", "answers read", "seed", "outcome", "queries", "test", "uniform"]
+    lines = [table([*header, "largest logit error", "wall time"], rows)]
+    lines.append(
+        f"\nThe papers: {PAPER_FE}. Largest logit error: the largest difference of the two models' logits, each "
+        "less its mean over the classes, on the test and the uniform inputs.\n"
+    )
+    return lines
+
+
+def _solved(r: dict) -> str:
+    if r.get("status") == "refused":
+        return f"refused the key after {r['answered']:,} answers"
+    if r.get("status") == "failed":
+        return f"failed: {r['error']}"
+    error = r.get("relative_parameter_error")
+    return f"{_pct(r['test_agreement'])} / {_pct(r['uniform_agreement'])}" + (
+        "" if error is None else f" / {error:.1e}"
+    )
+
+
+def _defended(defended: dict) -> list[str]:
+    from benchmarks.pages.format import table
+
+    lines = []
+    digits = defended.get("digits")
+    if digits:
+        lines.append(
+            f"Through the defense, `digits-softmax` (a feature-vector victim): `mea.fit_defense` gives "
+            f"`{digits['fit_defense']}`. Measured instead with the detector and the default policy assembled from "
+            f"`mea.defenses` (an `OodDetector` on layer {', '.join(digits['detector']['layers'])} with the "
+            f"confidence score, misinformation for flagged queries; no synthetic-step detector, no watermark), "
+            f"which flags {_pct(digits['test_flagged'])} of the victim's test digits:"
+        )
+        lines.append("")
+        rows = []
+        pairs: dict = {}
+        for r in digits["rows"]:
+            pairs.setdefault((r["points"], r["queries"]), {})[r["defended"]] = r
+        for (points, queries), cells in pairs.items():
+            defended_row = cells[True]
+            rows.append(
+                [
+                    points,
+                    f"{queries:,}",
+                    _pct(defended_row["flagged"]),
+                    _solved(cells[False]),
+                    _solved(defended_row),
+                    str(defended_row["details"].get("ratios_dropped", "")),
+                ]
+            )
+        header = ["equation-solving points", "queries", "flagged", "undefended: test / uniform / parameter error"]
+        lines.append(table([*header, "defended: test / uniform / parameter error", "ratios dropped"], rows))
+        lines.append("")
+    mnist = defended.get("mnist")
+    if mnist:
+        lines.append(
+            f"`mnist-softmax` (7,850 unknowns) behind `mea serve --defense` (fitted by `mea.fit_defense`: detector, "
+            f"misinformation, synthetic-step detector, watermark rate {mnist['watermark_rate']}), equation-solving "
+            f"over HTTP; the detector flags {_pct(mnist['test_flagged'])} of MNIST's test digits. Each clone from "
+            "the service is put to `mea.verify` with the service's evidence for its key and on held-out probes:"
+        )
+        lines.append("")
+        rows = []
+        pairs = {}
+        for r in mnist["rows"]:
+            pairs.setdefault((r["points"], r["queries"], r["robust_solver"]), {})[r["defended_service"]] = r
+        for (points, queries, robust), cells in pairs.items():
+            served = cells[True]
+            verify = served.get("verify", {})
+            rows.append(
+                [
+                    points,
+                    f"{queries:,}",
+                    "drops inconsistent answers" if robust else "plain least squares",
+                    _pct(served["flagged"]),
+                    _solved(cells[False]),
+                    _solved(served),
+                    str(served.get("details", {}).get("ratios_dropped", "")),
+                    _verdict(verify.get("evidence")),
+                    _verdict(verify.get("probes")),
+                ]
+            )
+        header = ["points", "queries", "solver", "flagged", "in process, undefended", "through the defended service"]
+        lines.append(table([*header, "ratios dropped", "`mea verify`, evidence", "`mea verify`, probes"], rows))
+        lines.append(
+            "\nCells: test agreement / uniform agreement / largest parameter error over the largest parameter. "
+            "`mea verify`: derived at alpha 1e-6, with the counted test's p-value, or why it could not run.\n"
+        )
+    return lines
+
+
+def _verdict(verdict: dict | None) -> str:
+    if not verdict:
+        return ""
+    if verdict["p_value"] is None:
+        return verdict["decision"]
+    return ("derived" if verdict["derived"] else "not shown") + f" (p = {verdict['p_value']:.2g})"

@@ -181,9 +181,11 @@ def attack_command(
             f"agreement [bold]{clone['fidelity']:.2%}[/bold] on test inputs, "
             f"[bold]{clone['uniform_agreement']:.2%}[/bold] on uniform inputs"
             + (
-                ""
-                if clone["max_parameter_error"] is None
-                else f"; largest parameter error {clone['max_parameter_error']:.2g}"
+                f"; largest parameter error {clone['max_parameter_error']:.2g}"
+                if clone["max_parameter_error"] is not None
+                else ""
+                if clone.get("max_logit_error") is None
+                else f"; largest logit error {clone['max_logit_error']:.2g}"
             )
         )
         console().print(f"run written to [bold]{out}[/bold]")

@@ -11,7 +11,8 @@ API that answers vectors with features left out, as BigML's does: the tree stops
 that needs a missing feature), one query with the feature missing says whether it is on the path,
 and features off the path are never searched.
 
-Leaf identity: the node identifier when the API gives one (`mea serve` does for a tree victim);
+Leaf identity: the node identifier when the API gives one (`names_nodes`: in process, and `mea
+serve` of a tree without a defense, its `node` output);
 otherwise the answer itself (as BigML's confidence values served the paper), which cannot tell
 apart two leaves that answer the same; those merge, and the tables say what that costs.
 Queries are counted as the paper counts them: distinct points sent (a point asked twice is
@@ -38,7 +39,7 @@ class _Identifier:
 
     def __init__(self, oracle: Oracle, space: QuerySpace) -> None:
         self.oracle, self.space = oracle, space
-        self.by_node = callable(getattr(oracle, "query_nodes", None))
+        self.by_node = bool(getattr(oracle, "names_nodes", False))
         self.cache: dict[bytes, tuple[object, np.ndarray]] = {}
 
     def __call__(self, point: np.ndarray) -> object:
@@ -76,7 +77,9 @@ class PathFinding:
 
     def run(self, oracle: Oracle, space: QuerySpace, known: ModelClass, rng: np.random.Generator) -> Extraction:
         known.require(self.name, ("tree",))
-        if self.incomplete and not known.signature.missing:
+        # The API itself must take features left out (an HTTP oracle says whether its server does).
+        answers_missing = getattr(getattr(oracle, "signature", None), "missing", known.signature.missing)
+        if self.incomplete and not (known.signature.missing and answers_missing):
             raise ConfigError("this victim does not answer queries with missing features; drop incomplete queries")
         if space.low is None or space.high is None:
             raise ConfigError("path-finding searches each feature's range; this victim states none")

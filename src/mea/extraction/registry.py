@@ -5,6 +5,7 @@ from __future__ import annotations
 from mea.errors import ConfigError
 from mea.extraction import EXTRACTION_STRATEGIES, VARIANTS
 from mea.extraction.equation_solving import EquationSolving
+from mea.extraction.functionally_equivalent import FunctionallyEquivalent
 from mea.extraction.lowd_meek import LowdMeek
 from mea.extraction.path_finding import PathFinding
 from mea.extraction.retraining import AdaptiveRetraining, LineSearchRetraining, UniformRetraining
@@ -24,6 +25,8 @@ def make_extraction(name: str, queries: int | None = None):
         return PathFinding(incomplete=variant == "incomplete")
     if base == "lowd-meek":
         return LowdMeek()
+    if base == "functionally-equivalent":
+        return FunctionallyEquivalent()
     kinds = {
         "equation-solving": EquationSolving,
         "uniform": UniformRetraining,

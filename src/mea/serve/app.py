@@ -30,11 +30,12 @@ from starlette.requests import ClientDisconnect
 
 from mea import __version__
 from mea.config import ServeConfig
+from mea.oracle import Label, parse_output
 from mea.serve import metrics
 from mea.serve.console import console_router, static_files
 from mea.serve.keys import ApiKey
 from mea.serve.protocol import (
-    OUTPUTS,
+    NODE,
     ProtocolError,
     encode_infer_response,
     max_request_values,
@@ -169,12 +170,16 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, service.signature.classes]},
                 {"name": "label", "datatype": "INT64", "shape": [-1]},
+                *([{"name": NODE, "datatype": "INT64", "shape": [-1]}] if service.layout.nodes else []),
             ],
             "parameters": {
                 "input_shapes": service.layout.shapes,
                 "input_datatypes": "FP32 in [0, 1] or UINT8" if service.layout.is_image else "FP32 feature values",
                 "max_batch_size": config.max_batch,
                 "output_mode": config.output,
+                # A feature left out (NaN, binary FP32 only: JSON has no NaN) is answered as a tree
+                # answers it, at the node that needs it.
+                "missing_features": service.layout.missing,
                 # Retries that carry this header are answered once and charged once.
                 "idempotency_header": IDEMPOTENCY_HEADER,
             },
@@ -247,10 +252,13 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
                 parsed = parse_infer_request(body, int(header) if header else None, config.max_batch, service.layout)
             except ProtocolError as exc:
                 return Refusal(exc.status, exc.message)
+            if NODE in parsed.outputs and isinstance(parse_output(key.output or config.output), Label):
+                return Refusal(400, "a label-only key's answers name no node; ask for the label output only")
             outcome = service.infer(key, parsed, idempotency_key, started)
             if isinstance(outcome, Refusal):
                 return outcome
-            return _answer_response(config.model_name, parsed, outcome)
+            nodes = service.nodes(parsed.images) if NODE in parsed.outputs else None
+            return _answer_response(config.model_name, parsed, outcome, nodes)
 
         outcome = await run_in_threadpool(answer)
         if isinstance(outcome, Refusal):
@@ -293,7 +301,7 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
                                 "type": "array",
                                 "items": {
                                     "type": "object",
-                                    "properties": {"name": {"type": "string", "enum": list(OUTPUTS)}},
+                                    "properties": {"name": {"type": "string", "enum": list(service.layout.outputs)}},
                                 },
                             },
                         },
@@ -335,8 +343,8 @@ def create_app(config: ServeConfig, victim, defense=None) -> FastAPI:
     return app
 
 
-def _answer_response(model: str, parsed, outcome: Answered) -> Response:
-    content, headers = encode_infer_response(model, parsed, outcome.answers)
+def _answer_response(model: str, parsed, outcome: Answered, nodes=None) -> Response:
+    content, headers = encode_infer_response(model, parsed, outcome.answers, nodes)
     if outcome.key.remaining is not None:
         headers["X-Quota-Remaining"] = str(outcome.key.remaining)
     if outcome.replayed:

@@ -21,6 +21,7 @@ timed-out connection) are retried.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import time
 import uuid
@@ -87,6 +88,8 @@ class HttpOracle:
         # `mea serve` says how it answers; any other OIP v2 server is read from its model metadata.
         self._served_model = ServedModel.from_metadata(metadata, url, model, classes, features)
         self._signature = self._served_model.signature
+        if parameters.get("missing_features"):  # mea serve of a tree: NaN stands for a feature left out
+            self._signature = dataclasses.replace(self._signature, missing=True)
         if "output_mode" in parameters:  # mea serve: binary tensors both ways
             self._served_model = None
         self._idempotency_header: str | None = parameters.get("idempotency_header")
@@ -98,6 +101,11 @@ class HttpOracle:
         self._batch_size = min(batch_size, int(parameters.get("max_batch_size", batch_size)))
         remaining = parameters.get("quota_remaining")
         self._budget = None if remaining is None else int(remaining)
+        # `mea serve` with a tree victim names the node that answered (the `node` output), which
+        # path-finding reads as the leaf's identity (Tramèr et al. 2016, §4.2).
+        self.names_nodes = self._served_model is None and any(
+            output.get("name") == "node" for output in metadata.get("outputs") or []
+        )
 
     @property
     def url(self) -> str:
@@ -140,7 +148,17 @@ class HttpOracle:
             raise ServiceError(f"/v2/models/{model}: HTTP {response.status_code}: {_message(response)}")
         return response.json()
 
+    def query_nodes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answers, node identifiers) for one batch of a tree victim that names its nodes."""
+        if not self.names_nodes:
+            raise ConfigError(f"{self.url} names no node; only `mea serve` of a tree without a defense does")
+        answers = self._query(images, nodes=True)
+        return answers[:, :-1].float(), answers[:, -1].long()
+
     def query(self, images: torch.Tensor) -> torch.Tensor:
+        return self._query(images, nodes=False)
+
+    def _query(self, images: torch.Tensor, nodes: bool) -> torch.Tensor:
         images = check_inputs(images, self._signature)
         if self._budget is not None and self._used + len(images) > self._budget:
             raise BudgetExhausted(
@@ -149,14 +167,14 @@ class HttpOracle:
         answers: list[torch.Tensor] = []
         for start in range(0, len(images), self._batch_size):
             try:
-                answers.append(self._infer(images[start : start + self._batch_size]))
+                answers.append(self._infer(images[start : start + self._batch_size], nodes))
             except Refused as refusal:
                 raise Refused(str(refusal), torch.cat(answers) if answers else None) from None
-        return torch.cat(answers) if answers else torch.empty(0, self._signature.classes)
+        return torch.cat(answers) if answers else torch.empty(0, self._signature.classes + nodes)
 
-    def _infer(self, images: torch.Tensor) -> torch.Tensor:
+    def _infer(self, images: torch.Tensor, nodes: bool = False) -> torch.Tensor:
         if self._served_model is None:
-            body, headers = binary_infer_request(images.numpy())
+            body, headers = binary_infer_request(images.numpy(), ("probabilities", "node") if nodes else None)
         else:
             body, headers = self._served_model.request(images), {"Content-Type": "application/json"}
         if self._idempotency_header is not None:
@@ -183,7 +201,11 @@ class HttpOracle:
             if response.status_code == 200:
                 self._used += len(images)
                 if self._served_model is None:
-                    return _probabilities(response, len(images), self._signature.classes)
+                    probabilities = _probabilities(response, len(images), self._signature.classes)
+                    if nodes:  # the node ids as a last column (float64 holds them exactly)
+                        found = _binary_output(response, "node", "<i8", (len(images), 1))
+                        return torch.cat([probabilities.double(), torch.from_numpy(found).double()], 1)
+                    return probabilities
                 return self._served_model.answers(response, len(images))
             if response.status_code == 403:
                 raise Refused(f"the service refused this key: {_message(response)}")
@@ -199,9 +221,10 @@ class HttpOracle:
         raise ServiceError("gave up after repeated 429/503 answers")
 
 
-def binary_infer_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+def binary_infer_request(images: np.ndarray, outputs: tuple[str, ...] | None = None) -> tuple[bytes, dict[str, str]]:
     """An OIP v2 infer request with the images as one binary FP32 tensor (the binary-data
-    extension Triton's clients use): the JSON header, then the raw little-endian floats."""
+    extension Triton's clients use): the JSON header, then the raw little-endian floats.  The
+    `outputs` asked for come back binary too (default: the probabilities)."""
     data = images.astype("<f4").tobytes()
     header = orjson.dumps(
         {
@@ -213,7 +236,7 @@ def binary_infer_request(images: np.ndarray) -> tuple[bytes, dict[str, str]]:
                     "parameters": {"binary_data_size": len(data)},
                 }
             ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+            "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs or ("probabilities",)],
         }
     )
     return header + data, {
@@ -245,6 +268,19 @@ def _probabilities(response: httpx.Response, batch: int, classes: int) -> torch.
             return torch.from_numpy(values.copy())
         offset += size
     raise ServiceError("the service's answer holds no probabilities output")
+
+
+def _binary_output(response: httpx.Response, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """One binary output tensor of a response."""
+    header_length = int(response.headers.get("inference-header-content-length", "0"))
+    body = response.content
+    offset = header_length
+    for output in orjson.loads(body[:header_length])["outputs"] if header_length else []:
+        size = output.get("parameters", {}).get("binary_data_size", 0)
+        if output["name"] == name:
+            return np.frombuffer(body[offset : offset + size], dtype=dtype).reshape(shape).copy()
+        offset += size
+    raise ServiceError(f"the service's answer holds no binary {name!r} output")
 
 
 @dataclass(frozen=True)

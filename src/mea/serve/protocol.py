@@ -4,7 +4,8 @@ Requests carry one input tensor of the victim's shape (`InputLayout`; the defaul
 [B, 1, 28, 28], or [B, 784] for a grey one), datatype FP32 (pixels in [0, 1]) or UINT8 (0..255),
 its data as a JSON list or, with Triton's binary tensor extension, as raw little-endian bytes after
 the JSON header (whose length the Inference-Header-Content-Length header gives).  Responses carry
-`probabilities` [B, classes] FP32 and `label` [B] INT64, as JSON or binary as the client asks.
+`probabilities` [B, classes] FP32 and `label` [B] INT64, as JSON or binary as the client asks (and a
+tree's `node` [B] INT64 when asked for by name).
 Every client mistake becomes a ProtocolError with a 4xx status and a message that says what to
 send instead.
 """
@@ -32,6 +33,10 @@ _SPARE_VALUES = 1024
 _SHAPE = re.compile(rb'"shape"\s*:\s*\[([-0-9,\s]{0,64})\]')
 _DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 OUTPUTS = ("probabilities", "label")
+# A tree victim served without a defense may also name the node that answered each row (its leaf, or
+# where a missing feature stopped it), as BigML's API does (Tramèr et al. 2016, §4.2): an extra
+# output, sent only to a request that asks for it by name.
+NODE = "node"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class InputLayout:
 
     image_shape: tuple[int, ...] = (1, 28, 28)
     missing: bool = False  # a feature vector's NaN stands for a feature left out
+    nodes: bool = False  # a decision tree that may name the node answering (the `node` output)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The outputs a request may ask for (by default it gets OUTPUTS)."""
+        return (*OUTPUTS, NODE) if self.nodes else OUTPUTS
 
     @property
     def is_image(self) -> bool:
@@ -217,11 +228,11 @@ def parse_infer_request(
     # One copy into a tensor of its own (a binary body's buffer is read-only).
     images = torch.from_numpy((values / high if datatype == "UINT8" else values).astype(np.float32))
 
-    outputs, binary_outputs = _requested_outputs(document)
+    outputs, binary_outputs = _requested_outputs(document, layout.outputs)
     return InferRequest(request_id, images.reshape(batch, *layout.image_shape), raw, outputs, binary_outputs)
 
 
-def _requested_outputs(document: dict) -> tuple[tuple[str, ...], frozenset[str]]:
+def _requested_outputs(document: dict, allowed: tuple[str, ...] = OUTPUTS) -> tuple[tuple[str, ...], frozenset[str]]:
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise _fail('"parameters" must be an object')
@@ -234,8 +245,8 @@ def _requested_outputs(document: dict) -> tuple[tuple[str, ...], frozenset[str]]
     names, binary = [], set()
     for output in requested:
         name = output.get("name")
-        if name not in OUTPUTS:
-            raise _fail(f"unknown output {name!r}; this model has: {', '.join(OUTPUTS)}")
+        if name not in allowed:
+            raise _fail(f"unknown output {name!r}; this model has: {', '.join(allowed)}")
         names.append(name)
         options = output.get("parameters") or {}
         if all_binary or (isinstance(options, dict) and options.get("binary_data") is True):
@@ -243,12 +254,16 @@ def _requested_outputs(document: dict) -> tuple[tuple[str, ...], frozenset[str]]
     return tuple(dict.fromkeys(names)), frozenset(binary)
 
 
-def encode_infer_response(model: str, request: InferRequest, answers: torch.Tensor) -> tuple[bytes, dict[str, str]]:
+def encode_infer_response(
+    model: str, request: InferRequest, answers: torch.Tensor, nodes: torch.Tensor | None = None
+) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers (Inference-Header-Content-Length when binary)."""
     tensors = {
         "probabilities": ("FP32", [len(answers), answers.shape[1]], answers.numpy().astype("<f4")),
         "label": ("INT64", [len(answers)], answers.argmax(1).numpy().astype("<i8")),
     }
+    if nodes is not None:
+        tensors[NODE] = ("INT64", [len(answers)], nodes.numpy().astype("<i8"))
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name in request.outputs:

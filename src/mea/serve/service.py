@@ -40,6 +40,7 @@ from mea.serve.db import Database
 from mea.serve.keys import ApiKey, KeyRevoked, KeyStore, QuotaExceeded, RateLimited, token_digest
 from mea.serve.protocol import InferRequest, InputLayout, body_limit
 from mea.serve.ratelimit import TokenBuckets
+from mea.tabular.models import Tree
 from mea.victim import Victim
 
 logger = logging.getLogger("mea.serve")
@@ -133,7 +134,11 @@ class Service:
         prada = config.prada if defense is None else defense.stream_config(config.prada)
         self.monitor = PradaMonitor(prada)
         self.signature = victim.signature
-        self.layout = InputLayout(self.signature.input_shape, self.signature.missing)  # what a request's tensor may be
+        # A tree names the answering node only when nothing answers in its place (no defense: a
+        # flagged query's node would give away the answer the policy replaced).
+        self._tree = victim.model if isinstance(victim.model, Tree) and defense is None else None
+        # What a request's tensor may be, and the outputs it may ask for.
+        self.layout = InputLayout(self.signature.input_shape, self.signature.missing, self._tree is not None)
         self.clients = ClientRecords(prada, self.signature.input_shape)
         oracle = defense.oracle(victim) if defense is not None else VictimOracle(victim.model)
         self.gate = ClientGate(oracle, self.monitor)
@@ -142,6 +147,12 @@ class Service:
         if defense is not None and defense.watermark is not None:
             with self.db.write() as connection:
                 self.evidence = EvidenceStore(connection, defense.watermark.commitment)
+
+    def nodes(self, images: torch.Tensor) -> torch.Tensor:
+        """The node that answers each row of a tree victim (the `node` output)."""
+        assert self._tree is not None
+        with self._model, torch.inference_mode():
+            return self._tree.nodes(images)
 
     # --- authentication -------------------------------------------------------------------------
 

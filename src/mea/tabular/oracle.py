@@ -17,6 +17,8 @@ from mea.tabular.models import Tree
 class NodeOracle(VictimOracle):
     """An in-process tree victim that also names the answering node (`query_nodes`)."""
 
+    names_nodes = True
+
     def __init__(self, model: Tree, output: OutputMode | None = None, budget: int | None = None) -> None:
         if not isinstance(model, Tree):
             raise ConfigError("only a decision tree's API names the node that answered")
