@@ -223,11 +223,12 @@ def main() -> None:
                         row("label_only", name, strategy.name, result, multiple=multiple)
 
         if "defended" in sections:
-            from benchmarks.tramer_beyond import feature_vector_rows, mnist_service_rows
+            from benchmarks.tramer_beyond import DIGITS_RUNS, MNIST_RUNS, service_rows
 
-            record["defended"]["digits"] = feature_vector_rows(victims["digits-softmax"], Path(scratch))
+            root = Path(scratch)
+            record["defended"]["digits"] = service_rows(root / "digits-softmax", root, ("digits",), DIGITS_RUNS)
             save()
-            record["defended"]["mnist"] = mnist_service_rows(Path(scratch) / "mnist-softmax", Path(scratch))
+            record["defended"]["mnist"] = service_rows(root / "mnist-softmax", root, ("mnist-train",), MNIST_RUNS)
             save()
     record["provenance"] = provenance.record()
     args.out.write_text(json.dumps({**record, "partial": False}, indent=2) + "\n")

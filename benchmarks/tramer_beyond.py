@@ -5,8 +5,8 @@
   `FunctionallyEquivalentExtraction` on the same victim, same run: queries, agreement, largest
   logit error;
 - (b) equation-solving through the deployed defense: a feature-vector victim (digits softmax) and
-  a softmax regression on MNIST's pixels (7,850 unknowns) behind `mea serve --defense`, with
-  uniform query points and natural ones;
+  a softmax regression on MNIST's pixels (7,850 unknowns), each behind `mea serve --defense`, with
+  uniform query points and natural ones, and a benign client beside them;
 - (c) the watermark against an exact solver: `mea.verify` on the clones of (b).
 
 ART is imported here only (the `bench` extra); the tests never need it.
@@ -14,7 +14,6 @@ ART is imported here only (the `bench` extra); the tests never need it.
 
 from __future__ import annotations
 
-import secrets
 import time
 import traceback
 from pathlib import Path
@@ -190,55 +189,13 @@ def _flagged(detector, victim, space, queries: int, seed: int) -> float:
     return float((detector.score_images(victim.model, points) > detector.threshold).float().mean())
 
 
-def feature_vector_rows(victim, scratch: Path, seed: int = 0) -> dict:
-    """Digits softmax behind the defense.  `mea defend fit` is tried first; where it cannot fit a
-    feature-vector victim, the detector and the default policy are assembled from mea.defenses'
-    parts (no synthetic-step detector, no watermark: both key on 8-bit pixels)."""
-    from mea import api
-    from mea.config import DEFAULT_POLICY
-    from mea.defenses.detector import DetectorConfig, OodDetector
-    from mea.defenses.policies import parse_policy
-    from mea.defenses.store import Defense
-    from mea.extraction.base import QuerySpace
-    from mea.extraction.run import pool_points
-    from mea.oracle import VictimOracle
-
-    record: dict = {"victim": "digits-softmax"}
-    try:
-        api.fit_defense(victim, scratch / "digits-defense")
-        record["fit_defense"] = "fitted"
-    except Exception as exc:
-        record["fit_defense"] = _error(exc)
-    fit_set, calibration = victim.owner_sets()
-    detector = OodDetector.fit(victim.model, fit_set.images, fit_set.labels, calibration.images, DetectorConfig())
-    record["detector"] = {"layers": list(detector.config.layers), "threshold": detector.threshold}
-    record["test_flagged"] = float(
-        (detector.score_images(victim.model, victim.test_set().images) > detector.threshold).float().mean()
-    )
-    defense = Defense(scratch, detector, parse_policy(DEFAULT_POLICY), secrets.token_bytes(32), victim.fingerprint)
-    rows = []
-    for pool in (None, "digits"):
-        space = QuerySpace(victim.signature, None if pool is None else pool_points(pool, victim), pool or "uniform")
-        for queries in (65, 650):
-            for defended in (False, True):
-                oracle = defense.oracle(victim) if defended else VictimOracle(victim.model)
-                result = _steal(victim, oracle, space, queries, seed)
-                rows.append(
-                    {
-                        "points": pool or "uniform",
-                        "queries": result.queries,
-                        "defended": defended,
-                        "flagged": _flagged(detector, victim, space, queries, seed),
-                        **_score(victim, result.clone),
-                        "details": {k: v for k, v in result.details.items() if isinstance(v, int | float | str)},
-                    }
-                )
-                print("defended digits", rows[-1]["points"], queries, defended, rows[-1]["test_agreement"], flush=True)
-    record["rows"] = rows
-    return record
-
-
-MNIST_RUNS = (  # (points, queries, the solver drops inconsistent answers)
+DIGITS_RUNS = (  # (points, queries, the solver drops inconsistent answers)
+    ("uniform", 65, True),
+    ("uniform", 650, True),
+    ("digits", 65, True),
+    ("digits", 650, True),
+)
+MNIST_RUNS = (
     ("mnist-train", 785, True),
     ("mnist-train", 7850, True),
     ("mnist-train", 7850, False),
@@ -246,9 +203,32 @@ MNIST_RUNS = (  # (points, queries, the solver drops inconsistent answers)
 )
 
 
-def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIST_RUNS) -> dict:
-    """The MNIST softmax regression behind `mea serve --defense` (fitted by `mea.fit_defense`, the
-    watermark on), stolen by equation-solving over HTTP, each clone then put to `mea.verify`."""
+def _benign(victim, server, db: Path) -> dict:
+    """The victim's test set, in order, from a client of its own: refused or not, and its accuracy
+    through the service beside the undefended victim's."""
+    from mea import api
+    from mea.errors import Refused
+    from mea.serve.process import create_key
+
+    test = victim.test_set()
+    key = create_key(db, "--name", "benign", "--quota", str(10 * len(test.images)))
+    oracle = api.connect(server.url, key, victim=victim)
+    from mea.oracle import VictimOracle
+
+    undefended = float((VictimOracle(victim.model).query(test.images).argmax(1) == test.labels).float().mean())
+    try:
+        answers = oracle.query(test.images)
+    except Refused as refusal:
+        answered = 0 if refusal.answers is None else len(refusal.answers)
+        return {"queries": len(test.images), "refused_after": answered, "undefended_accuracy": undefended}
+    accuracy = float((answers.argmax(1) == test.labels).float().mean())
+    return {"queries": len(test.images), "refused_after": None, "accuracy": accuracy, "undefended_accuracy": undefended}
+
+
+def service_rows(victim_dir: Path, scratch: Path, pools: tuple[str, ...], runs, seed: int = 0) -> dict:
+    """A victim behind `mea serve --defense` (fitted by `mea.fit_defense`, with the watermark where
+    it applies), stolen by equation-solving over HTTP, each clone from the service then put to
+    `mea.verify` where the defense has a watermark; and a benign client beside the thieves."""
     from mea import api
     from mea.errors import Refused
     from mea.extraction.base import QuerySpace
@@ -258,24 +238,26 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIS
 
     victim = api.load_victim(victim_dir)
     started = time.perf_counter()
-    defense = api.fit_defense(victim, scratch / "mnist-defense")
+    defense_dir = scratch / f"{victim_dir.name}-defense"
+    defense = api.fit_defense(victim, defense_dir)
     record: dict = {
-        "victim": "mnist-softmax",
+        "victim": victim_dir.name,
         "fit_s": time.perf_counter() - started,
         "watermark_rate": None if defense.watermark is None else defense.watermark.rate,
+        "steps": None if defense.steps is None else {"radius": defense.steps.radius, "count": defense.steps.count},
         "test_flagged": float(
             (defense.detector.score_images(victim.model, victim.test_set().images) > defense.detector.threshold)
             .float()
             .mean()
         ),
     }
-    spaces = {
-        "mnist-train": QuerySpace(victim.signature, pool_points("mnist-train", victim), "mnist-train"),
-        "uniform": QuerySpace(victim.signature),
-    }
+    spaces = {"uniform": QuerySpace(victim.signature)}
+    spaces |= {pool: QuerySpace(victim.signature, pool_points(pool, victim), pool) for pool in pools}
     rows = []
-    db = scratch / "mnist-service.sqlite"
-    with api.start_server(victim_dir, db, defense=scratch / "mnist-defense") as server:
+    db = scratch / f"{victim_dir.name}-service.sqlite"
+    with api.start_server(victim_dir, db, defense=defense_dir) as server:
+        record["benign"] = _benign(victim, server, db)
+        print(victim_dir.name, "benign client", record["benign"], flush=True)
         for index, (points, queries, robust) in enumerate(runs):
             space = spaces[points]
             key = create_key(db, "--name", f"thief-{index}", "--quota", str(10 * queries))
@@ -294,7 +276,7 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIS
                 except Refused as refusal:  # the service stops answering a client it judges an attacker
                     answered = 0 if refusal.answers is None else len(refusal.answers)
                     rows.append({**row, "status": "refused", "answered": answered, "error": str(refusal)})
-                    print("mnist service", space.name, queries, robust, served, "refused", flush=True)
+                    print(victim_dir.name, space.name, queries, robust, served, "refused", flush=True)
                     continue
                 except Exception as exc:
                     rows.append({**row, "status": "failed", "error": _error(exc)})
@@ -305,10 +287,10 @@ def mnist_service_rows(victim_dir: Path, scratch: Path, seed: int = 0, runs=MNIS
                     **_score(victim, result.clone),
                     "details": {k: v for k, v in result.details.items() if isinstance(v, int | float | str)},
                 }
-                if served:
+                if served and defense.watermark is not None:
                     row["verify"] = _verify(result.clone, victim, defense, db, client)
                 rows.append(row)
-                print("mnist service", space.name, queries, robust, served, row["test_agreement"], flush=True)
+                print(victim_dir.name, space.name, queries, robust, served, row["test_agreement"], flush=True)
     record["rows"] = rows
     return record
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from tests.cli import mea, one_error_line
 
-from mea.errors import ConfigError, DataError
+from mea.errors import ConfigError, DataError, Refused
 from mea.extraction.base import ModelClass, QuerySpace
 from mea.extraction.equation_solving import EquationSolving
 from mea.extraction.functionally_equivalent import FunctionallyEquivalent
@@ -326,6 +326,39 @@ def test_mea_serve_s_step_detector_suspends_a_path_finding_client(victims, tmp_p
         options = ("--url", server.url, "--api-key", key, "--strategy", "path-finding", "--out", str(tmp_path / "a"))
         done = mea("attack", "--victim", str(victims["cancer-tree"]), *options, threads=1)
         assert "this API key is suspended" in one_error_line(done)
+    finally:
+        stop_all(server)
+
+
+def test_a_feature_vector_victim_is_defended_as_an_image_victim_is(victims, tmp_path):
+    """`mea defend fit` fits a digits softmax (its features on their ranges' [0, 1] scale for the
+    step detector and the keyed answers); behind `mea serve --defense` equation-solving from
+    uniform points is answered with misinformation or refused, and a benign client sending the
+    test digits is never refused and reads nearly the victim's accuracy."""
+    from mea import api
+
+    defended = mea("defend", "fit", "--victim", str(victims["digits-softmax"]), "--out", str(tmp_path / "d"), threads=1)
+    assert defended.returncode == 0, defended.stderr
+    victim = load_victim(victims["digits-softmax"])
+    defense = api.load_defense(tmp_path / "d", victim)
+    steps = defense.steps
+    assert steps is not None and 0 < steps.radius < 0.5 and "shifted repeats" not in steps.streams
+    test = victim.test_set()
+    undefended = float((VictimOracle(victim.model).query(test.images).argmax(1) == test.labels).float().mean())
+    server = start_server(
+        victims["digits-softmax"], tmp_path / "db.sqlite", tmp_path / "server.log", "--defense", str(tmp_path / "d")
+    )
+    try:
+        benign = api.connect(server.url, create_key(server.db, "--name", "benign"), victim=victim)
+        answers = benign.query(test.images)
+        assert float((answers.argmax(1) == test.labels).float().mean()) > undefended - 0.02
+        thief = api.connect(server.url, create_key(server.db, "--name", "thief"), victim=victim)
+        space, known = QuerySpace(victim.signature), ModelClass.of(victim.model)
+        try:
+            result = EquationSolving(queries=650).run(thief, space, known, np.random.default_rng(0))
+        except Refused:
+            return
+        assert fidelity(victim.model, result.clone, test.images).test_agreement < 0.5
     finally:
         stop_all(server)
 

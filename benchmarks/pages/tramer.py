@@ -193,73 +193,74 @@ def _solved(r: dict) -> str:
 
 
 def _defended(defended: dict) -> list[str]:
-    from benchmarks.pages.format import table
-
     lines = []
-    digits = defended.get("digits")
-    if digits:
+    intros = {
+        "digits": "`digits-softmax` (a feature-vector victim, 650 unknowns)",
+        "mnist": "`mnist-softmax` (7,850 unknowns)",
+    }
+    for name, intro in intros.items():
+        if defended.get(name):
+            lines += _service(intro, defended[name])
+    if lines:
         lines.append(
-            f"Through the defense, `digits-softmax` (a feature-vector victim): `mea.fit_defense` gives "
-            f"`{digits['fit_defense']}`. Measured instead with the detector and the default policy assembled from "
-            f"`mea.defenses` (an `OodDetector` on layer {', '.join(digits['detector']['layers'])} with the "
-            f"confidence score, misinformation for flagged queries; no synthetic-step detector, no watermark), "
-            f"which flags {_pct(digits['test_flagged'])} of the victim's test digits:"
-        )
-        lines.append("")
-        rows = []
-        pairs: dict = {}
-        for r in digits["rows"]:
-            pairs.setdefault((r["points"], r["queries"]), {})[r["defended"]] = r
-        for (points, queries), cells in pairs.items():
-            defended_row = cells[True]
-            rows.append(
-                [
-                    points,
-                    f"{queries:,}",
-                    _pct(defended_row["flagged"]),
-                    _solved(cells[False]),
-                    _solved(defended_row),
-                    str(defended_row["details"].get("ratios_dropped", "")),
-                ]
-            )
-        header = ["equation-solving points", "queries", "flagged", "undefended: test / uniform / parameter error"]
-        lines.append(table([*header, "defended: test / uniform / parameter error", "ratios dropped"], rows))
-        lines.append("")
-    mnist = defended.get("mnist")
-    if mnist:
-        lines.append(
-            f"`mnist-softmax` (7,850 unknowns) behind `mea serve --defense` (fitted by `mea.fit_defense`: detector, "
-            f"misinformation, synthetic-step detector, watermark rate {mnist['watermark_rate']}), equation-solving "
-            f"over HTTP; the detector flags {_pct(mnist['test_flagged'])} of MNIST's test digits. Each clone from "
-            "the service is put to `mea.verify` with the service's evidence for its key and on held-out probes:"
-        )
-        lines.append("")
-        rows = []
-        pairs = {}
-        for r in mnist["rows"]:
-            pairs.setdefault((r["points"], r["queries"], r["robust_solver"]), {})[r["defended_service"]] = r
-        for (points, queries, robust), cells in pairs.items():
-            served = cells[True]
-            verify = served.get("verify", {})
-            rows.append(
-                [
-                    points,
-                    f"{queries:,}",
-                    "drops inconsistent answers" if robust else "plain least squares",
-                    _pct(served["flagged"]),
-                    _solved(cells[False]),
-                    _solved(served),
-                    str(served.get("details", {}).get("ratios_dropped", "")),
-                    _verdict(verify.get("evidence")),
-                    _verdict(verify.get("probes")),
-                ]
-            )
-        header = ["points", "queries", "solver", "flagged", "in process, undefended", "through the defended service"]
-        lines.append(table([*header, "ratios dropped", "`mea verify`, evidence", "`mea verify`, probes"], rows))
-        lines.append(
-            "\nCells: test agreement / uniform agreement / largest parameter error over the largest parameter. "
+            "Cells: test agreement / uniform agreement / largest parameter error over the largest parameter. "
             "`mea verify`: derived at alpha 1e-6, with the counted test's p-value, or why it could not run.\n"
         )
+    return lines
+
+
+def _service(intro: str, record: dict) -> list[str]:
+    """One victim behind `mea serve --defense`: the benign client, then each equation-solving run."""
+    from benchmarks.pages.format import table
+
+    if "benign" not in record:  # a results file from before the digits victim was served
+        return []
+    watermark = record["watermark_rate"]
+    steps = record["steps"]
+    parts = ["detector", "misinformation", "synthetic-step detector" if steps else None]
+    parts.append(f"watermark rate {watermark}" if watermark else "no watermark (it keys 28x28 images)")
+    benign = record["benign"]
+    if benign["refused_after"] is None:
+        benign_text = (
+            f"a benign client sending the victim's {benign['queries']:,} test inputs in order is never refused and "
+            f"reads {_pct(benign['accuracy'])} accuracy (undefended {_pct(benign['undefended_accuracy'])})"
+        )
+    else:
+        benign_text = (
+            f"a benign client sending the victim's test inputs in order is **refused after "
+            f"{benign['refused_after']:,}**"
+        )
+    lines = [
+        f"{intro} behind `mea serve --defense` (fitted by `mea.fit_defense`: {', '.join(p for p in parts if p)}), "
+        f"equation-solving over HTTP; the detector flags {_pct(record['test_flagged'])} of the victim's test "
+        f"inputs, and {benign_text}:",
+        "",
+    ]
+    verified = watermark is not None
+    rows = []
+    pairs: dict = {}
+    for r in record["rows"]:
+        pairs.setdefault((r["points"], r["queries"], r["robust_solver"]), {})[r["defended_service"]] = r
+    for (points, queries, robust), cells in pairs.items():
+        served = cells[True]
+        row = [
+            points,
+            f"{queries:,}",
+            "drops inconsistent answers" if robust else "plain least squares",
+            _pct(served["flagged"]),
+            _solved(cells[False]),
+            _solved(served),
+            str(served.get("details", {}).get("ratios_dropped", "")),
+        ]
+        if verified:
+            verify = served.get("verify", {})
+            row += [_verdict(verify.get("evidence")), _verdict(verify.get("probes"))]
+        rows.append(row)
+    header = ["points", "queries", "solver", "flagged", "in process, undefended", "through the defended service"]
+    header.append("ratios dropped")
+    if verified:
+        header += ["`mea verify`, evidence", "`mea verify`, probes"]
+    lines += [table(header, rows), ""]
     return lines
 
 

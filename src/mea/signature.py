@@ -15,8 +15,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mea.errors import ConfigError
+
+if TYPE_CHECKING:  # torch only where a tensor is scaled: the signature stays cheap to import
+    import torch
 
 CHANNELS = (1, 3)  # grey or RGB
 MIN_SIZE = 12  # LeNet-5's two 5x5 convolutions and poolings leave a 1x1 map at 12x12
@@ -102,6 +106,19 @@ class Signature:
         if self.ranges is None:
             return None
         return tuple(low for low, _ in self.ranges), tuple(high for _, high in self.ranges)
+
+    def unit(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Inputs on a common [0, 1] scale, for what compares or keys queries (the step detector, keyed
+        answers): an image as it is, a vector's features by their stated ranges (a feature of one
+        value, or a missing one, at 0); a vector without ranges as it is."""
+        if self.is_image or self.ranges is None:
+            return inputs
+        import torch
+
+        lows, highs = (torch.tensor(b, dtype=inputs.dtype) for b in self.bounds())
+        widths = highs - lows
+        scaled = (inputs - lows) / torch.where(widths > 0, widths, torch.ones_like(widths))
+        return torch.nan_to_num(torch.where(widths > 0, scaled, torch.zeros_like(scaled)), nan=0.0)
 
     def describe(self) -> str:
         """E.g. "1x28x28 images, 10 classes" or "64 features, 10 classes"."""

@@ -132,7 +132,10 @@ class DefendedOracle(OracleWrapper):
 
     def treat(self, examined: Examination, client: str | None, severity_floor: float = 0.0) -> Response:
         """`respond` after `examine`: the answers `client` gets (None: no watermark)."""
-        images, probabilities, flags = examined.images, examined.probabilities, examined.flags
+        probabilities, flags = examined.probabilities, examined.flags
+        # What the policies key their answers on: a feature vector on its ranges' [0, 1] scale, as the
+        # coarse code and the step detector read it (an image as it is).
+        images = self.signature.unit(examined.images)
         treated = torch.ones_like(flags) if severity_floor > 0 else flags
         victim_labels = probabilities.argmax(1)
         answers = probabilities

@@ -58,7 +58,9 @@ class ClientGate:
             answers, nothing = examined.probabilities, examined.flags
             response = Response(answers, nothing, nothing, answers.argmax(1))
         if observe:
-            self.monitor.update(state, examined.images, response.answers.argmax(1), response.flagged)
+            self.monitor.update(
+                state, self.oracle.signature.unit(examined.images), response.answers.argmax(1), response.flagged
+            )
         return response
 
     def answer(self, client: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ClientState]:

@@ -174,22 +174,21 @@ class StepCalibration:
 
 
 def benign_streams(images: torch.Tensor, labels: torch.Tensor, seed: int = 0, size: int = 2000) -> dict:
-    """Benign clients built from in-distribution images: in order, shuffled, each image three
-    times with shifts of up to two pixels, all of one class (the largest), and a burst (one batch)."""
+    """Benign clients built from in-distribution inputs: in order, shuffled, all of one class (the
+    largest), and for images each image three times with shifts of up to two pixels.  (A burst, one
+    batch, marks as the same stream in order: the marks do not depend on the batching.)"""
     generator = torch.Generator().manual_seed(seed)
     images, labels = images[:size], labels[:size]
     order = torch.randperm(len(images), generator=generator)
-    shifted = []
-    for image in images[: size // 3]:
-        for dx, dy in torch.randint(-2, 3, (3, 2), generator=generator).tolist():
-            shifted.append(torch.roll(F.pad(image, (2, 2, 2, 2)), (dy, dx), (1, 2))[:, 2:-2, 2:-2])
     largest = int(torch.bincount(labels).argmax())
-    return {
-        "in order": images,
-        "shuffled": images[order],
-        "shifted repeats": torch.stack(shifted),
-        "one class": images[labels == largest],
-    }
+    streams = {"in order": images, "shuffled": images[order], "one class": images[labels == largest]}
+    if images.dim() == 4:  # a shift means nothing to a feature vector
+        shifted = []
+        for image in images[: size // 3]:
+            for dx, dy in torch.randint(-2, 3, (3, 2), generator=generator).tolist():
+                shifted.append(torch.roll(F.pad(image, (2, 2, 2, 2)), (dy, dx), (1, 2))[:, 2:-2, 2:-2])
+        streams["shifted repeats"] = torch.stack(shifted)
+    return streams
 
 
 def calibrate(

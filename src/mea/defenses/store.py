@@ -124,7 +124,7 @@ def fit_defense(
         calibration_fpr = float(
             (detector.score_images(victim.model, calibration.images) > detector.threshold).float().mean()
         )
-        steps = calibrate(calibration.images, calibration.labels)
+        steps = calibrate(victim.signature.unit(calibration.images), calibration.labels)
         write_json(
             scratch / "defense-config.json",
             {
