@@ -270,4 +270,3 @@ def _clopper_pearson_upper(k: int, n: int, level: float = 0.95) -> float:
     from scipy import stats
 
     return 1.0 if k >= n else float(stats.beta.ppf(level, k + 1, n - k))
-
