@@ -14,6 +14,9 @@ def parse(description: str) -> argparse.Namespace:
     parser.add_argument("--victim", type=Path, default=None, help="A victim directory [default: train a small one].")
     parser.add_argument("--work", type=Path, default=Path("example-runs"), help="Where the example writes.")
     parser.add_argument("--queries", type=int, default=2_000, help="The attacker's budget.")
+    parser.add_argument(
+        "--steps", type=int, default=500, help="The clone's optimiser steps at least (mea's default; fewer: quicker)."
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     return args
@@ -27,3 +30,8 @@ def victim(args: argparse.Namespace) -> mea.Victim:
 
     quick = dataclasses.replace(VICTIM_TRAINING, epochs=1, shift=0)
     return mea.train_victim(args.work / "victim", train=quick, force=True)
+
+
+def training(args: argparse.Namespace) -> mea.TrainConfig:
+    """The clone's training: mea's defaults, with at least --steps optimiser steps."""
+    return mea.TrainConfig(min_steps=args.steps)

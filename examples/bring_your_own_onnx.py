@@ -7,7 +7,7 @@ exporter) is a victim mea runs with onnxruntime, attacks and defends like its ow
 from __future__ import annotations
 
 import torch
-from _common import parse
+from _common import parse, training
 from torch import nn
 
 import mea
@@ -36,7 +36,7 @@ torch.onnx.export(
     dynamo=False,
 )
 victim = mea.load_victim(path)  # run by onnxruntime; MNIST is its task unless a sidecar says otherwise
-stolen = mea.attack(victim, "random", queries=args.queries)
+stolen = mea.attack(victim, "random", queries=args.queries, train=training(args))
 print(
     f"ONNX victim: {stolen.metrics['victim']['accuracy']:.2%}; its clone from {stolen.queries} queries: "
     f"{stolen.clone_accuracy:.2%} accuracy, {stolen.fidelity:.2%} fidelity"

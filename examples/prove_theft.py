@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from _common import parse, victim
+from _common import parse, training, victim
 
 import mea
 from mea.config import VICTIM_TRAINING
@@ -22,10 +22,13 @@ db = args.work / "service.db"
 db.unlink(missing_ok=True)
 with mea.start_server(target.directory, db, defense=defense.directory) as server:
     key = create_key(db, "--name", "thief", "--output", "label")
-    stolen = mea.attack(target, "random", queries=args.queries, oracle=mea.connect(server.url, key))
+    stolen = mea.attack(
+        target, "random", queries=args.queries, oracle=mea.connect(server.url, key), train=training(args)
+    )
 evidence = mea.export_evidence(db, args.work / "evidence.safetensors")
+# An independent model: an MLP the owner of another service trained on MNIST; it never queried this one.
 quick = dataclasses.replace(VICTIM_TRAINING, epochs=1, shift=0)
-innocent = mea.train_victim(args.work / "innocent", train=quick, seed=7, force=True)  # never queried the service
+innocent = mea.train_victim(args.work / "innocent", arch="mlp", train=quick, seed=7, force=True)
 for name, suspect in (("the thief's clone", stolen.clone), ("an innocent model", innocent.model)):
     verdict = mea.verify(suspect, victim=target, defense=defense, evidence=evidence)
     print(f"{name}: {verdict.decision}")

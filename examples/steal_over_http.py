@@ -6,7 +6,7 @@ attacker who sees only the answers (`mea.connect` is the HTTP oracle).
 
 from __future__ import annotations
 
-from _common import parse, victim
+from _common import parse, training, victim
 
 import mea
 from mea.serve.process import create_key
@@ -17,5 +17,7 @@ db = args.work / "service.db"
 db.unlink(missing_ok=True)
 with mea.start_server(target.directory, db) as server:
     key = create_key(db, "--name", "thief", "--quota", str(args.queries))
-    stolen = mea.attack(target, "random", queries=args.queries, oracle=mea.connect(server.url, key))
+    stolen = mea.attack(
+        target, "random", queries=args.queries, oracle=mea.connect(server.url, key), train=training(args)
+    )
 print(f"{stolen.queries} queries over HTTP: clone accuracy {stolen.clone_accuracy:.2%}, fidelity {stolen.fidelity:.2%}")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from mea.data.catalog import FASHION_MNIST, MNIST
 from mea.data.fetch import cache_root, is_cached
@@ -35,11 +38,25 @@ TINY_VICTIM = VictimConfig(
 )
 
 
+def shared(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """`build(out)` once for the whole run: the xdist workers share the run's temporary directory,
+    and the first to ask builds while the other waits.  What is shared is only ever read."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / f"shared-{name}"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not (folder / "built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder / name)
+            (folder / "built").touch()
+    return folder / name
+
+
 @pytest.fixture(scope="session")
 def victim_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("victim") / "victim"
-    train_victim(TINY_VICTIM, out, data_dir, progress=False)
-    return out
+    return shared(tmp_path_factory, "victim", lambda out: train_victim(TINY_VICTIM, out, data_dir, progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +69,5 @@ def defense_dir(victim: Victim, data_dir: Path, tmp_path_factory: pytest.TempPat
     from mea.defenses.detector import DetectorConfig
     from mea.defenses.store import fit_defense
 
-    out = tmp_path_factory.mktemp("defense") / "defense"
-    fit_defense(victim, out, DetectorConfig(target_fpr=0.02), data_dir=data_dir)
-    return out
+    config = DetectorConfig(target_fpr=0.02)
+    return shared(tmp_path_factory, "defense", lambda out: fit_defense(victim, out, config, data_dir=data_dir))

@@ -40,6 +40,7 @@ _EXPORTS = {
     "Defense": "mea.defenses.store",
     "DefendedOracle": "mea.defenses.defended_oracle",
     "Oracle": "mea.oracle",
+    "TrainConfig": "mea.config",
     "Verdict": "mea.ownership.verify",
     "Victim": "mea.victim",
 }
@@ -48,6 +49,7 @@ __all__ = [
     "DefendedOracle",
     "Defense",
     "Oracle",
+    "TrainConfig",
     "Verdict",
     "Victim",
     "attack",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
         train_victim,
         verify,
     )
+    from mea.config import TrainConfig
     from mea.defenses.defended_oracle import DefendedOracle
     from mea.defenses.store import Defense
     from mea.oracle import Oracle
