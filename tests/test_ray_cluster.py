@@ -68,7 +68,10 @@ def cluster(tmp_path_factory, data_dir):
     worker_env = {k: v for k, v in env.items() if k not in ("MEA_DATA_DIR", "XDG_CACHE_HOME")}
     worker_env["HOME"] = str(elsewhere)
     join = f"exec {RAY} start --address=127.0.0.1:{port} --num-cpus=1 --block"
-    hidden = [tmp_path_factory.getbasetemp(), Path(data_dir)]
+    # The run's temporary directory whole: the xdist workers' shared victim and defense live beside
+    # this worker's own directory (tests/conftest.py's `shared`).
+    base = tmp_path_factory.getbasetemp()
+    hidden = [base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base, Path(data_dir)]
     if can_hide_directories():
         mounts = " && ".join(f"mount -t tmpfs none '{path}'" for path in hidden)
         command = ["unshare", "--mount", "sh", "-c", f"{mounts} && {join}"]
