@@ -45,4 +45,13 @@ def collect_errors(page, errors: list[str]) -> None:
     """Record the page's JavaScript errors, console errors and failed requests into `errors`."""
     page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
     page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-    page.on("requestfailed", lambda request: errors.append(f"request failed: {request.url}"))
+    # A request the browser aborted itself (the page navigated on before a favicon came) is no fault
+    # of the page; any other failure is.
+    page.on(
+        "requestfailed",
+        lambda request: (
+            None
+            if request.failure == "net::ERR_ABORTED"
+            else errors.append(f"request failed: {request.url} ({request.failure})")
+        ),
+    )
