@@ -7,8 +7,8 @@ Trains its victims with `mea.tabular.train` (scikit-learn; digits softmax, ovr, 
 a 20-unit ReLU MLP, breast-cancer logreg, trees on digits, breast-cancer and a diabetes CSV, MNIST
 softmax on pixels) into a scratch directory, attacks each in process through the black-box oracle
 (`mea.extraction`), the ReLU MLP beside IBM ART's functionally-equivalent extraction, the digits and
-MNIST softmax regressions through the defense (MNIST's behind `mea serve --defense`, over HTTP, its
-clones then put to `mea verify`: benchmarks.tramer_beyond), and writes benchmarks/results/tramer.json.
+MNIST softmax regressions behind `mea serve --defense`, over HTTP (MNIST's clones then put to `mea
+verify`: benchmarks.tramer_beyond), and writes benchmarks/results/tramer.json.
 Every figure is agreement on the victim's test inputs and on
 10,000 uniform inputs in its feature ranges, the mean total-variation distance of the probability
 vectors, and where the victim's class is known the largest parameter error.

@@ -262,13 +262,14 @@ def service_rows(victim_dir: Path, scratch: Path, pools: tuple[str, ...], runs, 
             space = spaces[points]
             key = create_key(db, "--name", f"thief-{index}", "--quota", str(10 * queries))
             client = _key_id(db, key)  # the evidence names a client by its key's id
+            flagged = _flagged(defense.detector, victim, space, queries, seed)
             for served in (True, False):
                 row = {
                     "points": space.name,
                     "queries": queries,
                     "robust_solver": robust,
                     "defended_service": served,
-                    "flagged": _flagged(defense.detector, victim, space, queries, seed),
+                    "flagged": flagged,
                 }
                 oracle = api.connect(server.url, key, victim=victim) if served else VictimOracle(victim.model)
                 try:

@@ -213,8 +213,6 @@ def _service(intro: str, record: dict) -> list[str]:
     """One victim behind `mea serve --defense`: the benign client, then each equation-solving run."""
     from benchmarks.pages.format import table
 
-    if "benign" not in record:  # a results file from before the digits victim was served
-        return []
     watermark = record["watermark_rate"]
     steps = record["steps"]
     parts = ["detector", "misinformation", "synthetic-step detector" if steps else None]

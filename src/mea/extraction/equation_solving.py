@@ -97,7 +97,8 @@ def _fit_column(x: np.ndarray, y: np.ndarray, w: np.ndarray, robust: bool) -> tu
     for step in range(30):  # iteratively reweighted least squares toward the L1 fit
         theta = _wls(x[keep], y[keep], 1.0 / np.maximum(residual[keep], 1e-9))
         residual = np.abs(x @ theta - y)
-        settled, inliers = np.array_equal(inliers, keep & (residual <= CONSISTENT)), keep & (residual <= CONSISTENT)
+        consistent = keep & (residual <= CONSISTENT)
+        settled, inliers = np.array_equal(inliers, consistent), consistent
         if step >= 4 and settled:  # the same answers consistent twice running: the exact solve takes over
             break
     for _ in range(3):

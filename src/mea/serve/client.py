@@ -259,15 +259,7 @@ def _probabilities(response: httpx.Response, batch: int, classes: int) -> torch.
         document = orjson.loads(body)
         output = next(o for o in document["outputs"] if o["name"] == "probabilities")
         return torch.tensor(output["data"], dtype=torch.float32).reshape(batch, classes)
-    document = orjson.loads(body[: int(header_length)])
-    offset = int(header_length)
-    for output in document["outputs"]:
-        size = output.get("parameters", {}).get("binary_data_size", 0)
-        if output["name"] == "probabilities":
-            values = np.frombuffer(body[offset : offset + size], dtype="<f4").reshape(batch, classes)
-            return torch.from_numpy(values.copy())
-        offset += size
-    raise ServiceError("the service's answer holds no probabilities output")
+    return torch.from_numpy(_binary_output(response, "probabilities", "<f4", (batch, classes)))
 
 
 def _binary_output(response: httpx.Response, name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -280,7 +272,7 @@ def _binary_output(response: httpx.Response, name: str, dtype: str, shape: tuple
         if output["name"] == name:
             return np.frombuffer(body[offset : offset + size], dtype=dtype).reshape(shape).copy()
         offset += size
-    raise ServiceError(f"the service's answer holds no binary {name!r} output")
+    raise ServiceError(f"the service's answer holds no {name} output")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ the architecture in the header (`mea.models.load` reads these files too).
 
 from __future__ import annotations
 
+import abc
 from enum import StrEnum
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class Activation(StrEnum):
     RELU = "relu"
 
 
-class ClassicModel(nn.Module):
+class ClassicModel(nn.Module, abc.ABC):
     """What every classic victim shares: float64 evaluation of flattened inputs, its input as the
     detector's layer, its parameters as named float64 tensors."""
 
@@ -47,8 +48,9 @@ class ClassicModel(nn.Module):
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(len(x), -1).double()
 
+    @abc.abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(B, classes) float64 logits of flattened inputs: each kind of victim its own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self._flat(x))
