@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,10 @@ class ClassificationMetrics:
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> ClassificationMetrics:
     """Metrics of predictions (logits, shape (N, classes)) against true labels (N,)."""
+    # Imported here: scikit-learn (with the scipy and pandas it pulls in) costs a second at start-up,
+    # which a served victim, that never computes these, would pay on every start.
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     y_true = labels.numpy()
     y_pred = logits.argmax(1).numpy()
     classes = list(range(logits.shape[1]))
@@ -55,4 +58,6 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Classi
 
 def agreement(clone_logits: torch.Tensor, victim_logits: torch.Tensor) -> float:
     """Fidelity: the fraction of inputs on which clone and victim predict the same class."""
+    from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(victim_logits.argmax(1).numpy(), clone_logits.argmax(1).numpy()))

@@ -1,20 +1,32 @@
-"""Figures written beside the numbers (matplotlib, no display needed)."""
+"""Figures written beside the numbers (matplotlib, no display needed).
+
+matplotlib is imported on the first figure, not with this module: a served victim and every
+`mea` command that draws nothing would otherwise pay for it at start-up (0.4 s).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+
+
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def confusion_matrix_png(matrix: list[list[int]], title: str, path: Path) -> None:
     """A 10x10 confusion matrix, counts in each cell, rows normalised for the colour."""
     counts = np.asarray(matrix)
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(counts.shape[0]):
@@ -41,6 +53,7 @@ def confusion_matrix_png(matrix: list[list[int]], title: str, path: Path) -> Non
 
 def roc_png(curves: dict[str, tuple], title: str, path: Path, in_distribution: str) -> None:
     """ROC curves, one per source: {name: (false-positive rates, true-positive rates, AUROC)}."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
     for name, (fpr, tpr, auroc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc:.4f})")
@@ -72,6 +85,7 @@ def line_plot(
 ) -> None:
     """Lines with markers, one per series: {name: (xs, ys)}; optional point labels, error bars
     (spreads: {name: deviations}) and horizontal reference lines ({label: y})."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     for name, (xs, ys) in series.items():
         if spreads and name in spreads:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mea import plots  # sets the Agg backend before pyplot is imported
+from mea import plots
 from mea.data.catalog import DEFAULT_DATASET, title
 from mea.errors import ArtifactError
 from mea.experiments.records import read_results, results_path
@@ -223,7 +223,7 @@ def _tradeoff(records: list[dict], out: Path) -> Section | None:
         return None
     keys = varying(records, exclude=(DEFENSE_KEY, SEED_KEY))
     attacks = {v: found for v, found in group(records, keys).items() if any(r["config"][DEFENSE_KEY] for r in found)}
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.8, 4.8), dpi=120)
     rows, annotated = [], set()

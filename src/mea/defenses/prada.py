@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import stats
 
 from mea.config import PradaConfig as PradaConfig  # re-exported
 from mea.defenses.steps import StepRecord, observe_steps
@@ -193,6 +192,8 @@ class PradaMonitor:
         spread = distances.std()
         inliers = distances[np.abs(distances - distances.mean()) < 3 * spread] if spread > 0 else distances
         if len(inliers) >= 3 and np.ptp(inliers) > 0:
+            from scipy import stats  # here, not at import: a server's start-up would pay for scipy.stats
+
             state.statistic = float(stats.shapiro(inliers).statistic)
         else:  # identical distances (repeated queries) are as far from natural as it gets
             state.statistic = 0.0

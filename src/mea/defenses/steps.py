@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
 CANDIDATES = 4
 
@@ -197,6 +196,8 @@ def calibrate(
     """`radius` half the smallest gap any benign stream showed, so that none of them has a step;
     `count` the smallest number of steps in a window that a benign client reaches with probability
     below `false_flag`, at the one-sided 95% upper bound of the benign step rate (none seen)."""
+    from scipy import stats  # here, not at import: only fitting a defense needs it
+
     streams = benign_streams(images, labels)
     gaps = []
     for stream in streams.values():
