@@ -260,10 +260,9 @@ def accuracy(clone, test) -> float:
 
 
 def merge_and_plot() -> None:
-    import matplotlib
+    from mea.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     files = sorted(CURVES.glob("*.json"))
     records = {path.stem: json.loads(path.read_text()) for path in files}

@@ -649,10 +649,9 @@ def storage_cost(clone_dir: Path, watermark) -> dict:
 
 def render(results: dict) -> str:
     """docs/ownership.png from the results alone; returns the README block's text (benchmarks.render)."""
-    import matplotlib
+    from mea.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from benchmarks.render import ownership_markdown
 

@@ -503,10 +503,9 @@ def evaluate(victim_dir: Path, defense_dir: Path, threads: int) -> dict:
 
 def plot(results: dict) -> None:
     """docs/verify_calibration.png: innocents' p-values against the uniform, and every verdict's p."""
-    import matplotlib
+    from mea.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = results["innocents"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
