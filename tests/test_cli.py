@@ -184,6 +184,10 @@ def test_defend_fit_and_eval_write_their_files(victim_dir, data_dir, tmp_path):
     fashion = result["clone_accuracy"]["fashion-mnist"]
     assert fashion["undefended"] > 0.6 and fashion["defended"] < 0.35, fashion
     assert [row["target_fpr"] for row in result["tradeoff"]] == [0.01, 0.2]
+    # The defense's own setting (target FPR 0.01, misinformation:0.9) in both sweeps is the same attack.
+    own = [result["tradeoff"][0], next(row for row in result["policies"] if row["policy"] == result["policy"])]
+    assert [row["clone_accuracy[fashion-mnist]"] for row in own] == [fashion["defended"]] * 2
+    assert result["tradeoff"][0]["benign_accuracy"] == result["benign_accuracy"]["defended"]
     assert set(result["layer_study"]) >= {"conv1", "fc2", "confidence", "conv1+conv2+confidence (default)"}
     assert result["layer_study"]["conv1+conv2+confidence (default)"]["uniform"] > 0.99
     clients = result["client_detection"]
@@ -407,19 +411,61 @@ def test_help_imports_nothing_heavy():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_a_missing_victim_is_refused_before_torch_is_imported(tmp_path):
+def refused_without_torch(argv: list[str]) -> str:
+    """Run `mea *argv` through the real entry point; assert it was refused (status 2) with torch never
+    imported, and return its stderr."""
     script = (
         "import sys\n"
         "from mea.cli.main import run\n"
-        f"sys.argv = ['mea', 'attack', '--victim', {str(tmp_path / 'none')!r}, '--out', {str(tmp_path / 'run')!r}]\n"
+        f"sys.argv = ['mea', *{argv!r}]\n"
         "try:\n"
         "    run()\n"
         "except SystemExit as exc:\n"
         "    print(exc.code, 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
-    assert done.stdout.split() == ["2", "False"], done.stderr
-    assert done.stderr.startswith("error: victim directory") and "mea train-victim" in done.stderr
+    assert done.stdout.split() == ["2", "False"], (argv, done.stderr)
+    return done.stderr
+
+
+def test_a_missing_victim_is_refused_before_torch_is_imported(tmp_path):
+    stderr = refused_without_torch(["attack", "--victim", str(tmp_path / "none"), "--out", str(tmp_path / "run")])
+    assert stderr.startswith("error: victim directory") and "mea train-victim" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pool", "cifar"], "unknown pool 'cifar'"),
+        (["--output", "logits"], "unknown output mode 'logits'"),
+        (["--clone-arch", "vgg"], "unknown architecture 'vgg'"),
+        (["--strategy", "greedy"], "unknown strategy 'greedy'"),
+        (["--loss", "logits", "--output", "label"], "--loss logits needs --output probabilities"),
+    ],
+)
+def test_a_configuration_mistake_is_refused_before_torch_is_imported(victim_dir, tmp_path, args, message):
+    argv = ["attack", "--victim", str(victim_dir), "--out", str(tmp_path / "run"), *args]
+    assert message in refused_without_torch(argv)
+    assert not (tmp_path / "run").exists()
+
+
+def test_keys_are_managed_without_torch(tmp_path):
+    """An operator's `mea keys create` needs the database, not the model: no torch (a second each)."""
+    db = str(tmp_path / "service.db")
+    script = (
+        "import sys\n"
+        "from mea.cli.main import run\n"
+        f"sys.argv = ['mea', 'keys', 'create', '--db', {db!r}, '--name', 'alice', '--output', 'top-k']\n"
+        "try:\n"
+        "    run()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "False", done.stderr
+    listed = mea("keys", "list", "--db", db)
+    assert listed.returncode == 0 and "top-k:3" in listed.stdout, listed.stdout  # the mode with its default filled in
 
 
 def test_the_names_help_lists_are_the_registries_names():
@@ -437,13 +483,14 @@ def test_the_names_help_lists_are_the_registries_names():
 
 def test_threads_option_reaches_torch(victim_dir, tmp_path):
     # `--threads` is only recorded by the group; the command applies it when it computes (here it
-    # fails just after that, on the pool name).  One more thread than cores: never the default.
+    # fails just after that, on a budget larger than the pool, which only the loaded pool knows).  One more
+    # thread than cores: never the default.
     threads = len(os.sched_getaffinity(0)) + 1
     script = (
         "import sys, torch\n"
         "from mea.cli.main import run\n"
         f"sys.argv = ['mea', '--threads', '{threads}', 'attack', '--victim', {str(victim_dir)!r}, '--out', "
-        f"{str(tmp_path / 'run')!r}, '--pool', 'cifar']\n"
+        f"{str(tmp_path / 'run')!r}, '--queries', '70000']\n"
         "try:\n"
         "    run()\n"
         "except SystemExit as exc:\n"
@@ -451,4 +498,4 @@ def test_threads_option_reaches_torch(victim_dir, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.stdout.split() == ["2", str(threads)], done.stderr
-    assert "unknown pool 'cifar'" in done.stderr
+    assert "exceeds the mnist-train pool" in done.stderr

@@ -19,13 +19,35 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from mea.data.catalog import DATASETS, DEFAULT_DATASET, dataset_spec
+from mea.data.catalog import DATASETS, DEFAULT_DATASET, dataset_spec, is_path
 from mea.errors import ConfigError
 
 ARCH_NAMES = ("lenet5", "small-cnn", "mlp")
 DATASET_NAMES = tuple(DATASETS)
 # One pool per built-in dataset (its training images), then the noise pools; a path also names a pool.
 POOL_NAMES = (*(spec.pool for spec in DATASETS.values()), "uniform", "gaussian")
+
+
+def check_arch(name: str) -> str:
+    """An architecture's name (`mea.models.ARCHITECTURES` holds the same), or a ConfigError naming the choices."""
+    if name not in ARCH_NAMES:
+        raise ConfigError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCH_NAMES)}")
+    return name
+
+
+def check_pool_name(name: str) -> str:
+    """A pool's name, or a path to the attacker's own images; a ConfigError naming the choices."""
+    if name in POOL_NAMES:
+        return name
+    if is_path(name):
+        if not Path(name).expanduser().exists():
+            raise ConfigError(f"no pool at {name}; pass a .npz file or an image folder that exists")
+        return name
+    raise ConfigError(
+        f"unknown pool {name!r}; choose one of: {', '.join(POOL_NAMES)}, or pass a .npz file or an image folder by path"
+    )
+
+
 STRATEGY_NAMES = (
     "random",
     "jbda",
@@ -277,9 +299,7 @@ class VictimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from mea import models
-
-        models.check_arch(self.arch)
+        check_arch(self.arch)
 
 
 # --- the attack -----------------------------------------------------------------------------
@@ -296,9 +316,6 @@ class AttackConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from mea import models
-        from mea.data.pools import check_pool_name
-
         if self.queries <= 0:
             raise ConfigError(f"queries must be a positive number of images, got {self.queries}")
         base = self.strategy.partition(":")[0]
@@ -322,7 +339,7 @@ class AttackConfig:
                 f"--loss logits needs --output probabilities, not {output}; use --loss soft or --loss hard"
             )
         strategy_spec(self.strategy)
-        models.check_arch(self.clone_arch)
+        check_arch(self.clone_arch)
 
     @property
     def uses_true_labels(self) -> bool:
@@ -371,8 +388,6 @@ class EvaluationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from mea.data.pools import check_pool_name
-
         if self.queries <= 0:
             raise ConfigError(f"queries must be positive, got {self.queries}")
         for rate in self.fpr_sweep:

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mea.config import check_arch as check_arch  # re-exported
 from mea.errors import ArtifactError, ConfigError
 from mea.signature import DEFAULT, Signature
 
@@ -144,12 +145,6 @@ def signature_of(model: nn.Module) -> Signature:
     """What `model` takes and answers: its own `signature` (mea's models, model files and the
     wrappers around them carry one), else the default task's."""
     return getattr(model, "signature", DEFAULT)
-
-
-def check_arch(name: str) -> str:
-    if name not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
-    return name
 
 
 def build(name: str, seed: int, signature: Signature = DEFAULT) -> nn.Module:

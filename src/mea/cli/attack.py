@@ -145,6 +145,8 @@ def attack_command(
         given = given_options("epochs", "lr", "batch_size", "schedule", "loss", "temperature", "clone_arch")
         if given:
             raise MeaError(f"{given[0]} trains a neural clone; {strategy} solves for the victim's model: drop it")
+    elif url is None:  # with --url the service decides the output mode: checked once it has said
+        attack_config(queries, pool, output or default_of(AttackConfig, "output"), strategy, clone_arch, train)
     use_threads()
     from mea import api
     from mea.oracle import parse_output
@@ -190,8 +192,7 @@ def attack_command(
         )
         console().print(f"run written to [bold]{out}[/bold]")
         return
-    # Checked whole before the first query (an unknown strategy, a bad output mode for the loss...).
-    AttackConfig(queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train)
+    attack_config(queries, pool, output, strategy, clone_arch, train)
     result = api.attack(
         victim,
         strategy,
@@ -215,6 +216,16 @@ def attack_command(
             "the clone learned from the answers it got before that[/yellow]"
         )
     console().print(f"run written to [bold]{out}[/bold]")
+
+
+def attack_config(
+    queries: int, pool: str, output: str, strategy: str, clone_arch: str, train: TrainConfig
+) -> AttackConfig:
+    """The run's configuration, checked whole before the first query (an unknown strategy, a bad output
+    mode for the loss...); mea.config needs no torch, so a mistake is refused in a fraction of a second."""
+    return AttackConfig(
+        queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train
+    )
 
 
 def parse_headers(headers: tuple[str, ...]) -> dict[str, str]:

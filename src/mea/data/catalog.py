@@ -137,3 +137,8 @@ def dataset_spec(name: str) -> DatasetSpec:
 def title(name: str) -> str:
     """How tables and plots name a dataset: "MNIST", or a user's file or folder by its name."""
     return DATASETS[name].title if name in DATASETS else Path(name).name
+
+
+def is_path(name: str) -> bool:
+    """Whether a dataset or pool argument names a path rather than a built-in dataset."""
+    return "/" in name or name.endswith(".npz") or Path(name).exists()

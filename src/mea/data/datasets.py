@@ -56,7 +56,7 @@ def _load_file(directory: Path, spec: DatasetSpec, file: IdxFile) -> np.ndarray:
 
 
 def _as_images(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array.astype(np.float32) / np.float32(255.0)).unsqueeze(1)
+    return files.unit_pixels(array).unsqueeze(1)
 
 
 def load(

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mea.data.catalog import DATASETS
+from mea.data.catalog import is_path as is_path  # re-exported
 from mea.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -42,11 +43,6 @@ class ImageFiles:
     labels: torch.Tensor | None
     class_names: tuple[str, ...] | None
     source: str
-
-
-def is_path(name: str) -> bool:
-    """Whether a dataset or pool argument names a path rather than a built-in dataset."""
-    return "/" in name or name.endswith(".npz") or Path(name).exists()
 
 
 def read(path: Path | str, part: str) -> ImageFiles:
@@ -114,10 +110,18 @@ def _channels_first(raw: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
+def unit_pixels(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (0..255) as float32 in [0, 1]: the values of numpy's `pixels / 255` in float32, in
+    torch's one-pass conversion (a quarter of numpy's time on 60,000 digits, paid by every run)."""
+    if not pixels.flags.writeable:  # bytes parsed in place (an IDX file): torch wants memory it may write
+        pixels = pixels.copy()
+    return torch.from_numpy(pixels).to(torch.float32).div_(255.0)
+
+
 def _to_images(raw: np.ndarray, path: Path) -> torch.Tensor:
     if raw.dtype == np.uint8:
-        array = raw.astype(np.float32) / np.float32(255.0)
-    elif np.issubdtype(raw.dtype, np.floating):
+        return unit_pixels(np.ascontiguousarray(raw))
+    if np.issubdtype(raw.dtype, np.floating):
         array = raw.astype(np.float32)
         if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
             raise DataError(f"{path}: float images must lie in [0, 1]; divide 0..255 images by 255 or store uint8")
@@ -215,4 +219,4 @@ def _decode(files: list[Path], root: Path) -> torch.Tensor:
         arrays.append(pixels)
     stacked = np.stack(arrays)
     stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(stacked, dtype=np.float32) / np.float32(255.0))
+    return unit_pixels(np.ascontiguousarray(stacked))

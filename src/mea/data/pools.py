@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mea.config import check_pool_name as check_pool_name  # re-exported
 from mea.data import files
 from mea.data.catalog import DATASETS, DatasetSpec
 from mea.data.datasets import load
@@ -67,19 +68,6 @@ POOLS: dict[str, Callable[[Path | None, int, int, ImageShape], Pool]] = {
     "uniform": _uniform,
     "gaussian": _gaussian,
 }
-
-
-def check_pool_name(name: str) -> str:
-    """A pool's name, or a path to the attacker's own images; a ConfigError naming the choices."""
-    if name in POOLS:
-        return name
-    if files.is_path(name):
-        if not Path(name).expanduser().exists():
-            raise ConfigError(f"no pool at {name}; pass a .npz file or an image folder that exists")
-        return name
-    raise ConfigError(
-        f"unknown pool {name!r}; choose one of: {', '.join(POOLS)}, or pass a .npz file or an image folder by path"
-    )
 
 
 def make_pool(

@@ -66,10 +66,23 @@ def evaluate_defense(
     shape = victim.signature.image_shape
     pools = {source: make_pool(source, data_dir, seed=config.seed, image_shape=shape) for source in config.sources}
 
+    # The sweeps meet the defense's own setting (its target FPR in --fpr-sweep, its policy in --policies):
+    # the same oracle, seed and budget give the same clone, so each distinct attack is run once.
+    attacks: dict[tuple, dict] = {}
+
     def attack(source: str, queries: int, defended: bool, detector_override=None, policy=None) -> dict:
-        attack_config = AttackConfig(queries=queries, pool=source, train=config.train, seed=config.seed)
-        oracle = defense.oracle(victim, budget=queries, detector=detector_override, policy=policy) if defended else None
-        return run_attack(attack_config, victim, data_dir, oracle=oracle, progress=False)
+        used_detector, used_policy = detector_override or detector, policy or defense.policy
+        key = (source, queries, defended)
+        if defended:
+            key += (used_detector.threshold, used_detector.saturation, used_policy.spec)
+        if key not in attacks:
+            attack_config = AttackConfig(queries=queries, pool=source, train=config.train, seed=config.seed)
+            oracle = None
+            if defended:
+                oracle = defense.oracle(victim, budget=queries, detector=used_detector, policy=used_policy)
+            attacks[key] = run_attack(attack_config, victim, data_dir, oracle=oracle, progress=False)
+        bar.update()
+        return attacks[key]
 
     def benign_accuracy(detector_override=None, policy=None) -> float:
         answers, _ = defense.oracle(victim, detector=detector_override, policy=policy).answer(test.images)
@@ -115,7 +128,6 @@ def evaluate_defense(
             key = "defended" if defended else "undefended"
             for budget in config.budgets:
                 metrics = attack(source, budget, defended)
-                bar.update()
                 cost_rows.append(
                     {
                         "source": source,
@@ -151,7 +163,6 @@ def evaluate_defense(
             row[f"clone_accuracy[{source}]"] = attack(source, config.queries, True, detector_override=swept)["clone"][
                 "accuracy"
             ]
-            bar.update()
         tradeoff.append(row)
 
     # Response policies compared at the default threshold.
@@ -165,7 +176,6 @@ def evaluate_defense(
         }
         for source in config.sweep_sources:
             row[f"clone_accuracy[{source}]"] = attack(source, config.queries, True, policy=policy)["clone"]["accuracy"]
-            bar.update()
         policies.append(row)
     bar.close()
 

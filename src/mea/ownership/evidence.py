@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from mea.data.files import unit_pixels
 from mea.errors import ArtifactError, ConfigError, MeaError
 from mea.ownership.config import DEFAULT_CAP_PER_CLIENT
 from mea.ownership.watermark import quantise
@@ -128,7 +129,7 @@ class EvidenceSet:
 
     def image_tensor(self) -> torch.Tensor:
         """The images as the model inputs they were sent as, (N, 1, 28, 28) in [0, 1]."""
-        return torch.from_numpy(self.images.astype(np.float32) / np.float32(255)).reshape(-1, 1, 28, 28)
+        return unit_pixels(self.images).reshape(-1, 1, 28, 28)
 
     def select(self, mask: np.ndarray) -> EvidenceSet:
         return EvidenceSet(
