@@ -2,8 +2,10 @@
 
 Nothing here imports torch, numpy, scikit-learn or any other heavy library: `mea --help` reads its
 defaults from these dataclasses, and a command line that answers `--help` in a fraction of a second
-cannot import torch to do it.  Validation that needs a heavy module (an output mode, a strategy, a
-pool, a policy) imports it inside `__post_init__`, which only runs when a command builds a config.
+cannot import torch to do it.  Validation needs none either: names (an architecture, a pool, a
+strategy, an output mode, a policy) are checked against the tuples below in `__post_init__`, so a
+command refuses a mistake before it pays for torch; only the size of a user's own dataset, read
+from its file, imports the readers.
 The modules that use each record re-export it (`mea.training.TrainConfig`, `mea.victim.VictimConfig`,
 `mea.experiments.attack.AttackConfig`, ...); import it from either place.
 
