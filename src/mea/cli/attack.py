@@ -145,8 +145,10 @@ def attack_command(
         given = given_options("epochs", "lr", "batch_size", "schedule", "loss", "temperature", "clone_arch")
         if given:
             raise MeaError(f"{given[0]} trains a neural clone; {strategy} solves for the victim's model: drop it")
-    elif url is None:  # with --url the service decides the output mode: checked once it has said
-        attack_config(queries, pool, output or default_of(AttackConfig, "output"), strategy, clone_arch, train)
+    elif url is None:
+        # Checked whole before torch and the first query (an unknown strategy, a bad output mode for the
+        # loss...): mea.config needs no torch, so a mistake is refused in a fraction of a second.
+        check_attack(queries, pool, output or default_of(AttackConfig, "output"), strategy, clone_arch, train)
     use_threads()
     from mea import api
     from mea.oracle import parse_output
@@ -192,7 +194,8 @@ def attack_command(
         )
         console().print(f"run written to [bold]{out}[/bold]")
         return
-    attack_config(queries, pool, output, strategy, clone_arch, train)
+    if url is not None:  # the service decided the output mode: checked now that it has said
+        check_attack(queries, pool, output, strategy, clone_arch, train)
     result = api.attack(
         victim,
         strategy,
@@ -218,14 +221,9 @@ def attack_command(
     console().print(f"run written to [bold]{out}[/bold]")
 
 
-def attack_config(
-    queries: int, pool: str, output: str, strategy: str, clone_arch: str, train: TrainConfig
-) -> AttackConfig:
-    """The run's configuration, checked whole before the first query (an unknown strategy, a bad output
-    mode for the loss...); mea.config needs no torch, so a mistake is refused in a fraction of a second."""
-    return AttackConfig(
-        queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train
-    )
+def check_attack(queries: int, pool: str, output: str, strategy: str, clone_arch: str, train: TrainConfig) -> None:
+    """A ConfigError if these settings make no valid run (AttackConfig checks itself)."""
+    AttackConfig(queries=queries, pool=pool, output=output, strategy=strategy, clone_arch=clone_arch, train=train)
 
 
 def parse_headers(headers: tuple[str, ...]) -> dict[str, str]:
