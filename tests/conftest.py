@@ -21,6 +21,40 @@ from mea.victim import Victim, VictimConfig, load_victim, train_victim
 # two cores busy without oversubscribing them; alone, a run takes both cores.
 torch.set_num_threads(max(1, usable_cpus() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
+# The order the two workers take the files in (pyproject: `--dist loadfile --no-loadscope-reorder`):
+# the longest first, so that both end together rather than one waiting for the other's last file
+# (longest-processing-time-first scheduling); the seconds are one run's `pytest --durations=0`, summed
+# per file, on 2 cores.  The second needs none of the shared victim (it trains its own), so the other
+# worker need not wait while the first builds it.  Files not named here run last, in their own order.
+SCHEDULE = (
+    "test_ownership.py",  # 186 s
+    "test_any_shape.py",  # 55 s
+    "test_cli.py",  # 124 s
+    "test_strategies.py",  # 118 s
+    "test_examples.py",  # 107 s
+    "test_sweep.py",  # 84 s
+    "test_serve.py",  # 71 s
+    "test_tramer.py",  # 69 s
+    "test_second_task.py",  # 44 s
+    "test_data_free.py",  # 34 s
+    "test_ray_cluster.py",  # 30 s
+    "test_upstream.py",  # 27 s
+    "test_secrets.py",  # 26 s
+    "test_attack.py",  # 26 s
+    "test_model_files.py",  # 22 s
+    "test_oip_servers.py",  # 18 s
+    "test_console.py",  # 14 s
+    "test_schema_fuzz.py",  # 11 s
+    "test_report.py",  # 8 s
+    "test_docs.py",  # 8 s
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SCHEDULE)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SCHEDULE)))  # stable: a file's tests keep their order
+
+
 FETCH_HINT = "run `mea data fetch --dataset all` before the tests (the README's test command does)"
 
 
@@ -71,3 +105,27 @@ def defense_dir(victim: Victim, data_dir: Path, tmp_path_factory: pytest.TempPat
 
     config = DetectorConfig(target_fpr=0.02)
     return shared(tmp_path_factory, "defense", lambda out: fit_defense(victim, out, config, data_dir=data_dir))
+
+
+@pytest.fixture(scope="session")
+def twenty_trials(
+    victim_dir: Path, defense_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A 20-trial sweep of tiny trials (tests/sweeps.py `TWENTY`), run once for the whole suite by the
+    local backend: `twenty.yaml` and its `out/` (records the sweep tests check and the Ray backend must
+    match, and the report tests render)."""
+    from mea.experiments.backends import LocalBackend
+    from mea.experiments.sweep import run_sweep
+    from mea.experiments.sweep_config import load_sweep
+    from sweeps import TWENTY, write_sweep
+
+    def build(directory: Path) -> None:
+        directory.mkdir()
+        config = write_sweep(directory / "twenty.yaml", victim_dir, defense_dir, grid=TWENTY)
+        # Two worker processes of one thread each: the threads a Ray task of one CPU gets.
+        result = run_sweep(
+            load_sweep(config), directory / "out", LocalBackend(workers=2, threads=1), data_dir, quiet=True
+        )
+        assert result.finished == 20 and not result.failed
+
+    return shared(tmp_path_factory, "twenty-trials", build)

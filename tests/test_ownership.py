@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from cli import mea as run_mea
 from mea import models
 from mea.attacks import extract, make_strategy
-from mea.config import LabelLoss, TrainConfig
 from mea.data import load, make_pool
 from mea.defenses.store import load_defense
 from mea.errors import ConfigError
@@ -25,7 +24,6 @@ from mea.oracle import parse_output
 from mea.ownership.clients import RecordingClient, SybilClient
 from mea.ownership.config import WatermarkConfig
 from mea.ownership.evidence import EvidenceError, EvidenceStore, load_evidence, records_until
-from mea.ownership.references import Recipe, train_innocent
 from mea.ownership.suspects import ModelSuspect, SuspectError, load_suspect
 from mea.ownership.verify import (
     calibration_probes,
@@ -375,26 +373,33 @@ def theft(defense, victim, data_dir, tmp_path_factory):
     models.save(clone, "lenet5", root / "clone.safetensors")
     store.export(root / "evidence.safetensors")
     store.close()
-    train = load("mnist", "train", data_dir)
-    independent = train_innocent(
-        Recipe("lenet5", TrainConfig(epochs=1, loss=LabelLoss.HARD), images=10_000), 5, train.subset(slice(0, 10_000))
-    )
-    models.save(independent, "lenet5", root / "independent.safetensors")
     return root
 
 
-def test_a_clone_is_verified_and_an_independent_model_is_not(theft, victim, defense, data_dir):
+@pytest.fixture(scope="module")
+def innocent(data_dir, tmp_path_factory) -> Path:
+    """Issue 32's innocent: the tests' victim recipe (one epoch, no shifts) with another seed, trained by
+    `mea train-victim` as any owner of a digit reader would; it never sent the victim a query."""
+    out = tmp_path_factory.mktemp("innocent") / "victim"
+    done = mea(
+        "train-victim", "--out", str(out), "--epochs", "1", "--shift", "0", "--seed", "7", "--data-dir", str(data_dir)
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_a_clone_is_verified_and_an_independent_model_is_not(theft, innocent, victim, defense, data_dir):
     watermark = defense_watermark(defense.secret, rate=0.02)
     records = load_evidence(theft / "evidence.safetensors")
     probes = calibration_probes(victim, 300, data_dir)
     clone = verify_suspect(
         ModelSuspect.load(theft / "clone.safetensors"), watermark=watermark, records=records, probes=probes
     )
-    innocent = verify_suspect(
-        ModelSuspect.load(theft / "independent.safetensors"), watermark=watermark, records=records, probes=probes
+    independent = verify_suspect(
+        ModelSuspect.load(innocent / "model.safetensors"), watermark=watermark, records=records, probes=probes
     )
     assert clone.derived and clone.p_value < 1e-8
-    assert not innocent.derived and innocent.p_value > 1e-3
+    assert not independent.derived and independent.p_value > 1e-3
     watermark_test = clone.tests[0]
     assert watermark_test.name == "watermark" and set(watermark_test.parts) == {"records", "neighbours", "probes"}
     # Every pool image is asked at most once (neighbours shared by records too), within the budget.
@@ -687,17 +692,20 @@ def test_verify_refuses_bad_evidence(theft, victim_dir, defense_dir, tmp_path):
 
 @pytest.mark.slow
 def test_an_innocent_trained_as_the_victim_was_is_not_called_derived(
-    theft, victim_dir, defense_dir, tmp_path, data_dir
+    theft, innocent, victim_dir, defense_dir, tmp_path, data_dir
 ):
     """Issue 32: models trained with the victim's own recipe and another seed were called derived on the
     strength of the passive fingerprint.  The command line end to end: export the evidence, make a
-    fingerprint, train such a model with `mea train-victim`, verify it and the thief's clone."""
+    fingerprint, train such a model with `mea train-victim` (the `innocent` fixture), verify it and the
+    thief's clone."""
     exported = tmp_path / "evidence.safetensors"
     done = mea("evidence", "export", "--db", str(theft / "evidence.db"), "--out", str(exported))
     assert done.returncode == 0, done.stderr
     assert load_evidence(exported).head == load_evidence(theft / "evidence.db").head
     fingerprint = tmp_path / "fingerprint.safetensors"
-    small = ["--references", "4", "--surrogates", "1", "--candidates", "300", "--size", "20", "--epochs", "1"]
+    # The fewest models a fingerprint takes (one reference in each half), each trained for 1 epoch: the
+    # fingerprint is only indicative here, and its statistics are tested on their own below.
+    small = ["--references", "2", "--surrogates", "1", "--candidates", "300", "--size", "20", "--epochs", "1"]
     done = mea(
         "fingerprint",
         "make",
@@ -713,7 +721,7 @@ def test_an_innocent_trained_as_the_victim_was_is_not_called_derived(
     from mea.ownership.fingerprint import Fingerprint
 
     made = Fingerprint.load(fingerprint)
-    assert len(made.reference_matches) == 2 and 0 < len(made) <= 20 + made.meta["errors"]
+    assert len(made.reference_matches) == 1 and 0 < len(made) <= 20 + made.meta["errors"]
     # The victim's own recipe comes first among the references, in both halves.
     recipe = json.loads((victim_dir / "config.json").read_text())["train"]
     assert made.meta["reference_recipes"][:2] == [f"lenet5, {recipe['epochs']} epochs"] * 2
@@ -721,22 +729,6 @@ def test_an_innocent_trained_as_the_victim_was_is_not_called_derived(
     assert bool(
         (ModelSuspect(load_victim_model(victim_dir), "lenet5", "").scores(made.images).argmax(1) == made.labels).all()
     )
-    # The tests' victim recipe (one epoch, no shifts), another seed; never a query to the service.
-    innocent = tmp_path / "innocent"
-    done = mea(
-        "train-victim",
-        "--out",
-        str(innocent),
-        "--epochs",
-        "1",
-        "--shift",
-        "0",
-        "--seed",
-        "7",
-        "--data-dir",
-        str(data_dir),
-    )
-    assert done.returncode == 0, done.stderr
     owner = ["--evidence", str(exported), "--fingerprint", str(fingerprint), "--victim", str(victim_dir)]
     owner += ["--defense", str(defense_dir), "--data-dir", str(data_dir)]
     verdicts = {}
@@ -752,7 +744,7 @@ def test_an_innocent_trained_as_the_victim_was_is_not_called_derived(
         tests = {t["name"]: t for t in verdict["tests"]}
         assert tests["watermark"]["counted"] and not tests["fingerprint"]["counted"]
         assert verdict["p_value"] == tests["watermark"]["p_value"]  # the decision is the exact test's alone
-        assert tests["fingerprint"]["null"]["smallest_p_value"] == pytest.approx(1 / 3)
+        assert tests["fingerprint"]["null"]["smallest_p_value"] == pytest.approx(1 / 2)  # one held-out reference
 
 
 def load_victim_model(directory: Path) -> torch.nn.Module:

@@ -6,12 +6,12 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from browser import CHROMIUM_ARGS, chromium, collect_errors
 from mea.errors import ArtifactError
@@ -21,25 +21,21 @@ from mea.experiments.seed_table import STUDY_ROWS, study_trials, write_seed_tabl
 from mea.experiments.sweep import run_sweep
 from mea.experiments.sweep_config import load_sweep
 from mea.report import write_report
+from sweeps import TWENTY, write_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory, victim_dir, defense_dir, data_dir) -> Path:
-    """Two output modes x two budgets, a second seed for one of them, and two defended trials."""
+def sweep_dir(twenty_trials, victim_dir, defense_dir, data_dir, tmp_path_factory) -> Path:
+    """The suite's 20-trial sweep (two budgets, undefended and defended, five seeds) resumed in a copy
+    with two label-only trials added: the report groups by output mode too."""
     directory = tmp_path_factory.mktemp("report-sweep")
-    config = directory / "sweep.yaml"
-    body = {
-        "victim": str(victim_dir),
-        "defense_dir": str(defense_dir),
-        "base": {"clone_arch": "mlp", "queries": 300, "train": {"epochs": 1, "min_steps": 20}},
-        "grid": {"output": ["probabilities", "label"], "queries": [300, 400]},
-        "trials": [{"seed": 1}, {"defense": {"target_fpr": 0.05}}, {"defense": {"target_fpr": 0.05}, "seed": 1}],
-    }
-    config.write_text(yaml.safe_dump(body))
+    shutil.copytree(twenty_trials / "out", directory / "out")
+    label = [{"output": "label"}, {"output": "label", "queries": 400}]
+    config = write_sweep(directory / "sweep.yaml", victim_dir, defense_dir, grid=TWENTY, trials=label)
     result = run_sweep(load_sweep(config), directory / "out", LocalBackend(1), data_dir, quiet=True)
-    assert result.finished == 7 and not result.failed
+    assert (result.skipped, result.finished, result.failed) == (20, 2, ())
     return directory / "out"
 
 

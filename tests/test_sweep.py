@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mea.errors import ArtifactError, ConfigError
 from mea.experiments.backends import LocalBackend
@@ -23,17 +22,9 @@ from mea.experiments.presets import PRESETS
 from mea.experiments.records import open_results, read_results
 from mea.experiments.sweep import run_sweep
 from mea.experiments.sweep_config import load_sweep
+from sweeps import write_sweep
 
-TINY = {"clone_arch": "mlp", "queries": 300, "train": {"epochs": 1, "min_steps": 20}}
 VOLATILE = ("time_s", "run")  # where and when a trial ran: all that may differ between backends
-
-
-def write_sweep(path: Path, victim_dir: Path, defense_dir: Path | None = None, **sections) -> Path:
-    body = {"victim": str(victim_dir), "base": TINY, **sections}
-    if defense_dir is not None:
-        body["defense_dir"] = str(defense_dir)
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
 
 
 def mea(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
@@ -180,20 +171,8 @@ def test_sigkill_midway_then_rerun_loses_and_redoes_nothing(tmp_path, victim_dir
 
 
 @pytest.fixture(scope="module")
-def twenty(tmp_path_factory, victim_dir, defense_dir):
-    """A 20-trial sweep: 2 budgets x undefended/defended x 5 seeds."""
-    directory = tmp_path_factory.mktemp("twenty")
-    grid = {"queries": [300, 400], "defense": [None, {"target_fpr": 0.05}], "seed": list(range(5))}
-    return write_sweep(directory / "twenty.yaml", victim_dir, defense_dir, grid=grid)
-
-
-@pytest.fixture(scope="module")
-def local_records(twenty, data_dir, tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("local") / "out"
-    # Two worker processes of one thread each: the threads a Ray task of one CPU gets.
-    result = run_sweep(load_sweep(twenty), out, LocalBackend(workers=2, threads=1), data_dir, quiet=True)
-    assert result.finished == 20 and not result.failed
-    return list(read_results(out / "results.jsonl").records)
+def local_records(twenty_trials) -> list[dict]:
+    return list(read_results(twenty_trials / "out" / "results.jsonl").records)
 
 
 @pytest.mark.slow
@@ -214,10 +193,20 @@ def test_twenty_trial_sweep_records_everything(local_records):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (the `ray` extra)")
-def test_ray_backend_writes_the_same_records(twenty, local_records, data_dir, tmp_path):
+def test_ray_backend_writes_the_same_records(twenty_trials, local_records, data_dir, tmp_path):
     out = tmp_path / "ray"
     env = {**os.environ, "CI": "true", "MEA_DATA_DIR": str(data_dir), "RAY_USAGE_STATS_ENABLED": "0"}
-    command = [sys.executable, "-m", "mea", "sweep", str(twenty), "--out", str(out), "--backend", "ray"]
+    command = [
+        sys.executable,
+        "-m",
+        "mea",
+        "sweep",
+        str(twenty_trials / "twenty.yaml"),
+        "--out",
+        str(out),
+        "--backend",
+        "ray",
+    ]
     # A local Ray instance of 2 CPUs, started by the sweep and shut down by it.
     process = subprocess.Popen(
         [*command, "--workers", "2", "-q"],
