@@ -23,11 +23,11 @@ torch.set_num_threads(max(1, usable_cpus() // int(os.environ.get("PYTEST_XDIST_W
 
 # The order the two workers take the files in (pyproject: `--dist loadfile --no-loadscope-reorder`):
 # the longest first, so that both end together rather than one waiting for the other's last file
-# (longest-processing-time-first scheduling); the seconds are one run's `pytest --durations=0`, summed
+# (longest-processing-time-first scheduling); the seconds are `pytest --durations=0` summed
 # per file, on 2 cores.  The second needs none of the shared victim (it trains its own), so the other
 # worker need not wait while the first builds it.  Files not named here run last, in their own order.
 SCHEDULE = (
-    "test_ownership.py",  # 186 s
+    "test_ownership.py",  # about 120 s (it builds the shared victim and defense)
     "test_any_shape.py",  # 55 s
     "test_cli.py",  # 124 s
     "test_strategies.py",  # 118 s
@@ -45,7 +45,7 @@ SCHEDULE = (
     "test_oip_servers.py",  # 18 s
     "test_console.py",  # 14 s
     "test_schema_fuzz.py",  # 11 s
-    "test_report.py",  # 8 s
+    "test_report.py",  # 11 s
     "test_docs.py",  # 8 s
 )
 
