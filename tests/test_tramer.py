@@ -29,6 +29,7 @@ from mea.oracle import Label, Rounded, VictimOracle
 from mea.serve.process import create_key, start_server, stop_all
 from mea.signature import Signature
 from mea.tabular.datasets import read_csv
+from mea.tabular.models import OneHiddenLayer
 from mea.tabular.oracle import NodeOracle
 from mea.tabular.train import ClassicConfig, train_classic
 from mea.victim import load_victim
@@ -209,6 +210,32 @@ def test_functionally_equivalent_extraction_recovers_a_relu_mlp(victims):
         assert close.max_logit_error < 1e-2, (name, result.details)
         assert result.details["units_found"] <= victim.model.hidden
         assert isinstance(result.clone, type(victim.model)) and result.clone.activation.value == "relu"
+
+
+def test_functionally_equivalent_extraction_reads_around_answers_too_small_to_read(victims):
+    # The breast-cancer MLP made steeper: toward the corners of its box of unscaled features, a
+    # probability falls below float32's smallest normal number, and its logits cannot be read there.
+    # (At the victim's own scale that happens on a few search lines only, depending on BLAS kernels.)
+    victim = load_victim(victims["cancer-relu"]).model
+    space, rng = QuerySpace(victim.signature), np.random.default_rng(0)
+    test = load_victim(victims["cancer-relu"]).test_set().images
+    for scale, readable in ((2.0, True), (16.0, False)):
+        steep = OneHiddenLayer(
+            victim.signature,
+            victim.w0.data,
+            victim.b0.data,
+            scale * victim.w1.data,
+            scale * victim.b1.data,
+            victim.activation,
+        )
+        if not readable:  # most answers unreadable: no confidence values to extract from
+            with pytest.raises(ConfigError, match=r"of 776 answers hold a probability too small to read"):
+                FunctionallyEquivalent().run(VictimOracle(steep), space, ModelClass.of(steep), rng)
+            continue
+        result = FunctionallyEquivalent().run(VictimOracle(steep), space, ModelClass.of(steep), rng)
+        close = fidelity(steep, result.clone, test)
+        assert result.details["unreadable_answers"] > 0 and result.details["units_found"] == 3, result.details
+        assert close.test_agreement >= 0.99 and close.max_logit_error < 1e-2, result.details
 
 
 def test_functionally_equivalent_extraction_refuses_what_it_cannot_read(victims, tmp_path):

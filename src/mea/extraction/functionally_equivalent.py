@@ -9,7 +9,10 @@ linear function of the input, whose kinks lie on the hidden units' hyperplanes w
 1. **Critical points.**  Along random lines through the feature box, every kink is found by
    bisection on slopes: an interval whose two end slopes agree holds no kink; one whose end lines
    meet at a point where the answer is what both lines predict holds exactly one, there; any other
-   is halved.  All lines of a round are searched at once (one batch of queries per level).
+   is halved.  All lines of a round are searched at once (one batch of queries per level).  Where
+   a probability is too small to read (below float32's smallest normal number, as toward the far
+   corners of a box of unscaled features) the logits are unknown: a line's end there moves inward,
+   an interval there is searched no further, a solve point there is drawn again.
 2. **Hyperplanes.**  At a critical point x* of a new unit, the jacobians just either side of the
    kink differ by the rank-one matrix a_i w_i^T (Jagielski et al.'s second differences, taken as
    whole jacobians): its leading right singular vector is w_i up to scale and sign, and
@@ -54,6 +57,10 @@ ANCHOR = 0.05  # half-ranges from a unit's critical point to the solve points ei
 # A new unit's hyperplane is confirmed CONFIRM_DISTANCE (half-ranges) from its critical point, in
 # the plane: a kink within CONFIRM_TOLERANCE of it, searched for CONFIRM_SPAN either side.
 CONFIRM_DISTANCE, CONFIRM_SPAN, CONFIRM_TOLERANCE = 0.3, 0.05, 1e-4
+# A line's end whose answers cannot be read moves a quarter of the way in, at most this many times.
+SHRINK = 4
+# The output-layer solve's points are drawn this many times at most to find enough readable ones.
+DRAWS = 4
 
 
 @dataclass(frozen=True)
@@ -124,8 +131,7 @@ class FunctionallyEquivalent:
         count = self.solve_points or max(
             2 * (known.hidden + box.dimension + 1), -(-2 * unknowns // max(outputs - 1, 1))
         )
-        points = box.points(count, rng)
-        targets = box.logits(points)
+        points, targets = box.readable_points(count, rng)
         dropped = 0
         anchors: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         for guided in range(self.guided_rounds + 1):
@@ -137,7 +143,8 @@ class FunctionallyEquivalent:
                 for key, pair, answers in zip(
                     missing, near, box.logits(near.reshape(-1, box.dimension)).reshape(len(missing), 2, -1), strict=True
                 ):
-                    anchors[key] = (pair, answers)
+                    readable = np.isfinite(answers).all(1)
+                    anchors[key] = (pair[readable], answers[readable])
             solve_points = np.vstack([points, *(anchors[k][0] for k in units.anchor_keys())])
             solve_targets = np.vstack([targets, *(anchors[k][1] for k in units.anchor_keys())])
             fitted = _output_layer(units.planes(), solve_points, solve_targets, known.hidden)
@@ -169,6 +176,7 @@ class FunctionallyEquivalent:
             "units_dropped": dropped,
             **solve,
             "search_queries": search_queries,
+            "unreadable_answers": box.unreadable,
         }
         if self.polish:
             w0, b0, w1, b1, loss = _polish([w0, b0, w1, b1], solve_points, solve_targets, self.polish_iterations)
@@ -220,20 +228,16 @@ class FunctionallyEquivalent:
         """Every kink (line, t, slope change) found along each line's chord through the box (or
         between the `ends` given)."""
         delta = self.step
-        ends = ends or [_chord(o, h) for o, h in zip(origins, heads, strict=True)]
-        probes = []
-        for line, (low, high) in enumerate(ends):
-            probes += [(line, low), (line, low + delta), (line, high - delta), (line, high)]
-        values = box.along(origins, heads, probes)
+        ends, values = self._readable_ends(box, origins, heads, ends)
         pending = [
             _Interval(
                 line,
                 low,
                 high,
-                values[4 * line],
-                (values[4 * line + 1] - values[4 * line]) / delta,
-                values[4 * line + 3],
-                (values[4 * line + 3] - values[4 * line + 2]) / delta,
+                values[line, 0],
+                (values[line, 1] - values[line, 0]) / delta,
+                values[line, 3],
+                (values[line, 3] - values[line, 2]) / delta,
             )
             for line, (low, high) in enumerate(ends)
             if high - low > 4 * delta
@@ -241,7 +245,10 @@ class FunctionallyEquivalent:
         kinks: list[tuple[int, float, np.ndarray]] = []
         unresolved = 0
         while pending:
-            pending = [iv for iv in pending if np.abs(iv.sa - iv.sb).max() > self.slope_tolerance]
+            # An interval with an end that cannot be read (its logits NaN) is searched no further.
+            readable = [iv for iv in pending if np.isfinite(np.concatenate([iv.ga, iv.sa, iv.gb, iv.sb])).all()]
+            unresolved += len(pending) - len(readable)
+            pending = [iv for iv in readable if np.abs(iv.sa - iv.sb).max() > self.slope_tolerance]
             guesses = [_meeting(iv) for iv in pending]
             inside = [(iv, t) for iv, t in zip(pending, guesses, strict=True) if iv.a + delta < t < iv.b - delta]
             measured = box.along(origins, heads, [(iv.line, t) for iv, t in inside])
@@ -259,7 +266,8 @@ class FunctionallyEquivalent:
             for index, (iv, t, r) in enumerate(candidates):
                 g = values[4 * index : 4 * index + 4]
                 near = _Interval(iv.line, t - r, t + r, g[1], (g[1] - g[0]) / r, g[2], (g[3] - g[2]) / r)
-                refined.append((iv, near, _meeting(near)))
+                if np.isfinite(meeting := _meeting(near)):
+                    refined.append((iv, near, meeting))
             checked = box.along(origins, heads, [(iv.line, t) for iv, _, t in refined])
             single = set()
             for (iv, near, t), g in zip(refined, checked, strict=True):
@@ -269,7 +277,7 @@ class FunctionallyEquivalent:
                     kinks.append((iv.line, t, near.sb - near.sa))
                     single.add(id(iv))
             split = [iv for iv in pending if id(iv) not in single]
-            unresolved += sum(iv.b - iv.a < self.min_width for iv in split)
+            unresolved += int(sum(iv.b - iv.a < self.min_width for iv in split))
             split = [iv for iv in split if iv.b - iv.a >= self.min_width]
             probes = []
             for iv in split:
@@ -287,6 +295,37 @@ class FunctionallyEquivalent:
                     _Interval(iv.line, middle, iv.b, middle_value, (above - middle_value) / delta, iv.gb, iv.sb)
                 )
         return kinks, unresolved
+
+    def _readable_ends(
+        self, box: _Box, origins: np.ndarray, heads: np.ndarray, ends: list[tuple[float, float]] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each line's (low, high), its chord through the box unless `ends` are given, with an end
+        whose answers cannot be read moved a quarter of the way in, up to SHRINK times; and the
+        logits (lines, 4, outputs) at low, low + step, high - step and high.  Far corners of a box of
+        unscaled features can hold logits beyond float32's range; the kinks lie nearer the data."""
+        delta = self.step
+        chords = [_chord(o, h) for o, h in zip(origins, heads, strict=True)] if ends is None else ends
+        ends_array = np.asarray(chords, dtype=float).reshape(-1, 2)
+        outputs = 1 if box.classes == 2 else box.classes
+        at = np.array([0, 0, 1, 1])  # the end each of the four probes is read from
+        offsets = np.array([0.0, delta, -delta, 0.0])
+        redo = [(line, k) for line in range(len(ends_array)) for k in range(4)]
+        values = np.full((len(ends_array), 4, outputs), np.nan)
+        for attempt in range(SHRINK + 1):
+            ts = ends_array[:, at] + offsets
+            read = box.along(origins, heads, [(line, ts[line, k]) for line, k in redo])
+            for (line, k), value in zip(redo, read, strict=True):
+                values[line, k] = value
+            bad = ~np.isfinite(values).all(2)  # (lines, 4)
+            bad_low, bad_high = bad[:, :2].any(1), bad[:, 2:].any(1)
+            if attempt == SHRINK or not (bad_low | bad_high).any():
+                break
+            width = ends_array[:, 1] - ends_array[:, 0]
+            ends_array[bad_low, 0] += width[bad_low] / 4
+            ends_array[bad_high, 1] -= width[bad_high] / 4
+            redo = [(line, k) for line in np.flatnonzero(bad_low) for k in (0, 1)]
+            redo += [(line, k) for line in np.flatnonzero(bad_high) for k in (2, 3)]
+        return ends_array, values
 
 
 class _Units:
@@ -349,6 +388,7 @@ class _Box:
         self.centre = (space.low + space.high) / 2
         self.half = (space.high - space.low) / 2
         self.noise = 1.2e-7  # a float32 probability's log, to a unit in the last place, and its centring
+        self.unreadable = 0  # answers with a probability at or below FLOOR, read as NaN
 
     @property
     def dimension(self) -> int:
@@ -373,19 +413,38 @@ class _Box:
         return x
 
     def logits(self, u: np.ndarray) -> np.ndarray:
-        """(B, outputs): centred log-probabilities (a two-class victim's: log p1 - log p0)."""
+        """(B, outputs): centred log-probabilities (a two-class victim's: log p1 - log p0); NaN rows
+        where a probability is too small to read (the logits there are beyond float32's range, as
+        they can be at the corners of a box of unscaled features)."""
         if len(u) == 0:
             return np.zeros((0, 1 if self.classes == 2 else self.classes))
         p = self.oracle.query(self.space.as_inputs(self.raw(u))).double().numpy()
-        if (p <= FLOOR).any():
-            raise ConfigError(
-                "some answers hold a probability too small to read (below float32's smallest normal number); "
-                "functionally-equivalent extraction needs every class's probability, as logits"
-            )
-        logs = np.log(p)
+        unreadable = (p <= FLOOR).any(1)
+        self.unreadable += int(unreadable.sum())
+        logs = np.log(np.where(unreadable[:, None], np.nan, p))
         if self.classes == 2:
             return logs[:, 1:] - logs[:, :1]
         return logs - logs.mean(1, keepdims=True)
+
+    def readable_points(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`count` points of the box (`points`) whose answers can be read, and their logits: drawn
+        DRAWS times at most.  An oracle whose answers can mostly not be read is refused (those are no
+        confidence values)."""
+        points, logits = np.zeros((0, self.dimension)), np.zeros((0, 1 if self.classes == 2 else self.classes))
+        for _ in range(DRAWS):
+            drawn = self.points(count, rng)
+            answers = self.logits(drawn)
+            readable = np.isfinite(answers).all(1)
+            points, logits = np.vstack([points, drawn[readable]]), np.vstack([logits, answers[readable]])
+            if len(points) >= count:
+                return points[:count], logits[:count]
+        if len(points) < count / 2:
+            raise ConfigError(
+                f"{DRAWS * count - len(points)} of {DRAWS * count} answers hold a probability too small to read "
+                "(below float32's smallest normal number); functionally-equivalent extraction needs every "
+                "class's probability, as logits"
+            )
+        return points, logits
 
     def along(self, origins: np.ndarray, heads: np.ndarray, probes: list[tuple[int, float]]) -> np.ndarray:
         if not probes:
@@ -413,10 +472,12 @@ def _chord(origin: np.ndarray, head: np.ndarray) -> tuple[float, float]:
 
 
 def _meeting(iv: _Interval) -> float:
-    """Where the lines from the interval's two ends meet (least squares over the outputs)."""
+    """Where the lines from the interval's two ends meet (least squares over the outputs); NaN where
+    they are parallel or an end could not be read."""
     change = iv.sa - iv.sb
     offset = iv.gb - iv.ga + iv.sa * iv.a - iv.sb * iv.b
-    return float(change @ offset / (change @ change))
+    square = change @ change
+    return float(change @ offset / square) if square > 0 else float("nan")
 
 
 def _gap(t: float, others: list[float], low: float, high: float) -> float:
@@ -437,6 +498,8 @@ def _normal(box: _Box, point: np.ndarray, head: np.ndarray, change: np.ndarray, 
         rows.append(centre)
         rows.extend(centre + epsilon * np.eye(dimension))
     values = box.logits(np.asarray(rows))
+    if not np.isfinite(values).all():  # a probability too small to read: no jacobian here
+        return None
     jacobians = []
     for k in range(2):
         block = values[k * (dimension + 1) : (k + 1) * (dimension + 1)]
