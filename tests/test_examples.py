@@ -4,26 +4,23 @@ theft proven and an innocent model not accused, an ONNX model of one's own stole
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli import python
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run_example(name: str, tmp_path: Path, data_dir: Path, *args: str) -> str:
     # 150 optimiser steps for each clone instead of mea's 500: the examples' small budgets need no more.
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--work", str(tmp_path / "work"), "--steps", "150", *args],
-        capture_output=True,
-        text=True,
+    done = python(
+        str(EXAMPLES / name),
+        *("--work", str(tmp_path / "work"), "--steps", "150", *args),
         cwd=tmp_path,
-        env={**os.environ, "CI": "true", "MEA_DATA_DIR": str(data_dir), "MEA_THREADS": "1"},
-        timeout=600,
+        env={"CI": "true", "MEA_DATA_DIR": str(data_dir), "MEA_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

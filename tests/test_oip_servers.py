@@ -14,6 +14,7 @@ import httpx
 import pytest
 import torch
 
+from cli import mea
 from mea.config import AttackConfig, TrainConfig
 from mea.data import load
 from mea.experiments.attack import run_attack
@@ -112,15 +113,8 @@ def test_the_cli_attacks_kserve_with_a_header_it_never_records(kserve, victim_di
     url = kserve
     out = tmp_path / "run"
     secret = "Bearer s3cret-token-for-the-test"
-    mea = [sys.executable, "-m", "mea", "--threads", "1", "attack", "--victim", str(victim_dir), "--url", url]
     options = ["--model", "lenet", "--header", f"Authorization: {secret}", "--queries", "500", "--min-steps", "50"]
-    done = subprocess.run(
-        [*mea, *options, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "CI": "true"},
-        check=False,
-    )
+    done = mea("attack", "--victim", str(victim_dir), "--url", url, *options, "--out", str(out), threads=1)
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["queries"] == 500 and metrics["clone"]["accuracy"] > 0.5

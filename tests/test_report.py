@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from browser import CHROMIUM_ARGS, chromium, collect_errors
+from cli import mea
 from mea.errors import ArtifactError
 from mea.experiments.backends import LocalBackend
 from mea.experiments.records import read_results
@@ -41,14 +39,7 @@ def sweep_dir(twenty_trials, victim_dir, defense_dir, data_dir, tmp_path_factory
 
 def test_report_renders_figures_tables_and_one_self_contained_page(sweep_dir, tmp_path):
     out = tmp_path / "report"
-    env = {**os.environ, "CI": "true"}
-    done = subprocess.run(
-        [sys.executable, "-m", "mea", "report", str(sweep_dir), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    done = mea("report", str(sweep_dir), "--out", str(out))
     assert done.returncode == 0, done.stderr
     figures = ["accuracy_vs_budget.png", "fidelity_vs_budget.png", "defense_tradeoff.png", "confusion_best_clone.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*figures, "report.html", "report.md"])

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli import mea
 from mea.runs import REDACTED, redact_arguments, redact_url
 from mea.serve.process import create_key, start_server, stop_all
 
@@ -57,17 +55,10 @@ def server(victim_dir, data_dir, tmp_path_factory):
 def test_an_attack_over_http_writes_no_key(server, victim_dir, data_dir, tmp_path, how):
     token = create_key(server.db, "--name", f"thief {how}")
     secret = token.split("_", 2)[2]  # mea_<id>_<secret>: the id is public, the rest is the credential
-    env = {**os.environ, "CI": "true", "MEA_DATA_DIR": str(data_dir)}
-    env.pop("MEA_API_KEY", None)
     key_arguments = {"--api-key KEY": ["--api-key", token], "--api-key=KEY": [f"--api-key={token}"]}.get(how, [])
-    if how == "MEA_API_KEY":
-        env["MEA_API_KEY"] = token
     out = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mea",
+    done = mea(
+        *(
             "attack",
             "--victim",
             str(victim_dir),
@@ -83,11 +74,9 @@ def test_an_attack_over_http_writes_no_key(server, victim_dir, data_dir, tmp_pat
             "--out",
             str(out),
             "-q",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+        ),
+        data_dir=data_dir,
+        env={"MEA_API_KEY": token if how == "MEA_API_KEY" else None},
     )
     assert done.returncode == 0, done.stderr
     assert {"config.json", "metrics.json", "clone.safetensors"} <= {p.name for p in out.iterdir()}

@@ -5,12 +5,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -25,6 +22,7 @@ import trustme
 import uvicorn
 from torch import nn
 
+from cli import mea
 from mea.data import load
 from mea.defenses.gate import ClientGate, ClientOracle
 from mea.defenses.store import load_defense
@@ -130,11 +128,8 @@ def test_authentication(service, key):
         assert response.status_code == 401 and "API key" in response.json()["error"]
     revoked = create_key(service.db, "--name", "leaver")
     key_id = revoked.split("_")[1]
-    subprocess.run(
-        [sys.executable, "-m", "mea", "keys", "revoke", key_id, "--db", str(service.db)],
-        check=True,
-        capture_output=True,
-    )
+    revoking = mea("keys", "revoke", key_id, "--db", str(service.db))
+    assert revoking.returncode == 0, revoking.stderr
     assert httpx.post(f"{service.url}{INFER}", json=body(images), headers={"X-API-Key": revoked}).status_code == 401
     # A key revoked right after a request (which the server remembers for a moment, to let the
     # client's next request in without a database read) is refused at once.
@@ -440,23 +435,7 @@ def test_keyed_metadata_requests_are_audited(service, key):
 
 def test_a_busy_port_is_one_error_line_and_leaves_nothing_behind(service, victim_dir, tmp_path):
     port = service.url.rsplit(":", 1)[1]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mea",
-            "serve",
-            "--victim",
-            str(victim_dir),
-            "--port",
-            port,
-            "--db",
-            str(tmp_path / "db"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = mea("serve", "--victim", str(victim_dir), "--port", port, "--db", str(tmp_path / "db"))
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert list(tmp_path.iterdir()) == []
@@ -628,11 +607,9 @@ def test_https_with_the_operators_certificate(victim, victim_dir, data_dir, tmp_
             httpx.get(f"{server.url}/v2/health/ready")
         # The command line trusts the operator's CA with --ca.
         out = tmp_path / "attack"
-        env = {**os.environ, "MEA_DATA_DIR": str(data_dir), "MEA_API_KEY": token}
-        command = [sys.executable, "-m", "mea", "--threads", "1", "attack", "--victim", str(victim_dir)]
-        command += ["--url", server.url, "--ca", str(ca), "--queries", "256", "--epochs", "1", "--min-steps", "0"]
-        command += ["--out", str(out)]
-        finished = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        command = ["attack", "--victim", str(victim_dir), "--url", server.url, "--ca", str(ca)]
+        command += ["--queries", "256", "--epochs", "1", "--min-steps", "0", "--out", str(out)]
+        finished = mea(*command, data_dir=data_dir, env={"MEA_API_KEY": token}, threads=1)
         assert finished.returncode == 0, finished.stderr
         assert json.loads((out / "metrics.json").read_text())["queries"] == 256
         assert token not in (out / "config.json").read_text()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cli import mea as run_mea
 from mea.errors import ArtifactError, ConfigError
 from mea.experiments.backends import LocalBackend
 from mea.experiments.presets import PRESETS
@@ -28,9 +29,7 @@ VOLATILE = ("time_s", "run")  # where and when a trial ran: all that may differ 
 
 
 def mea(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
-    # No time limit: a busy machine may take many times longer than an idle one, and that is no failure.
-    env = {**os.environ, "CI": "true", "MEA_DATA_DIR": str(data_dir)}
-    return subprocess.run([sys.executable, "-m", "mea", *args], capture_output=True, text=True, env=env, check=False)
+    return run_mea(*args, data_dir=data_dir)
 
 
 def stable(record: dict) -> dict:
