@@ -1,17 +1,18 @@
-"""The `mea` command line run as a user runs it: a process of its own, its output and exit status.
+"""The `mea` command line (and the examples) run as a user runs them: a process of its own, its
+output and exit status.
 
-Each run is a fresh process that runs `python -m mea` with the test's arguments, environment and
-working directory, but not a fresh interpreter: it is forked from a warm one (`serve`, below) that
-has imported the third-party libraries the commands import, and has run nothing.  Importing them
-took about 2 s of each run's 2.5 to 3 s on these 2 cores, refusals included (torch 1.1 s,
-scikit-learn's metrics 1.1 s, matplotlib 0.6 s; `python -X importtime`), minutes over the suite.
-mea's own modules are not preloaded: each run imports them afresh, so a module that reads the
-environment or keeps state at import sees this run's.  What a warm start cannot show is checked
-by cold interpreters elsewhere: the console script and what a command imports (tests/test_imports.py
-and CI's wheel demo), thread counts (tests/test_threads.py), servers and signals (tests/test_serve.py,
-tests/test_sweep.py).
+Each run is a fresh process that runs `python -m mea ...` (or `python SCRIPT ...`) with the test's
+arguments, environment and working directory, but not a fresh interpreter: it is forked from a warm
+one (`serve`, below) that has imported the third-party libraries the commands use and has run
+nothing.  A cold `mea attack` spends about 4.3 s importing them (`python -X importtime`: torch
+1.2 s, the torch._dynamo that torch.optim imports on its first step 1.4 s, scikit-learn's metrics
+1.4 s, matplotlib); the suite ran 7.7 min instead of 9.0 with the warm start.  mea's own modules are
+not preloaded: each run imports them afresh, so a module that reads the environment or keeps state
+at import sees this run's.  What a warm start cannot show is checked by cold interpreters elsewhere:
+what a command imports (tests/test_cli.py, tests/test_imports.py), the installed console script
+(CI's wheel demo), thread counts (tests/test_threads.py), servers and signals (tests/test_serve.py,
+tests/test_sweep.py: `mea serve` and sweeps started with subprocess).
 """
-
 from __future__ import annotations
 
 import atexit
