@@ -13,6 +13,7 @@ what a command imports (tests/test_cli.py, tests/test_imports.py), the installed
 (CI's wheel demo), thread counts (tests/test_threads.py), servers and signals (tests/test_serve.py,
 tests/test_sweep.py: `mea serve` and sweeps started with subprocess).
 """
+
 from __future__ import annotations
 
 import atexit
