@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import mea, one_error_line
+from cli import mea, one_error_line, python
 
 
 @pytest.mark.slow
@@ -428,6 +428,33 @@ def without_torch(argv: list[str], status: int) -> str:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.stdout.split()[-2:] == [str(status), "False"], (argv, done.stdout, done.stderr)
     return done.stderr
+
+
+def test_the_suite_s_warm_runs_answer_as_a_cold_python_does(tmp_path, monkeypatch):
+    # tests/cli.py forks its runs from a warm interpreter: what they print and the status they end
+    # with must be a cold `python -m mea`'s, in the working directory and environment given them.
+    monkeypatch.setenv("COLUMNS", "41")  # what a run told to unset it must not see
+    clean = {name: value for name, value in os.environ.items() if name != "COLUMNS"}
+    cases = [
+        (["attack", "--victim", "missing", "--out", "run"], {}, "victim directory missing does not"),  # relative
+        (["--help"], {}, "Usage: python -m mea"),  # rich's default width
+        (["--help"], {"COLUMNS": "200"}, "Usage: python -m mea"),
+        (["no-such-command"], {}, "No such command"),
+    ]
+    for argv, env, says in cases:
+        cold = subprocess.run(
+            [sys.executable, "-m", "mea", *argv],
+            capture_output=True,
+            text=True,
+            env={**clean, "CI": "true", **env},
+            cwd=tmp_path,
+            check=False,
+        )
+        warm = python("-m", "mea", *argv, env={"CI": "true", "COLUMNS": None, **env}, cwd=tmp_path)
+        assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr), argv
+        assert says in warm.stdout + warm.stderr, argv
+    narrow, wide = (python("-m", "mea", "--help", env={"COLUMNS": c}).stdout for c in (None, "200"))
+    assert narrow != wide  # the environment reached the run
 
 
 def test_a_missing_victim_is_refused_before_torch_is_imported(tmp_path):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.cli import mea, one_error_line
 
+from cli import mea, one_error_line
 from mea.errors import ConfigError, DataError, Refused
 from mea.extraction.base import ModelClass, QuerySpace
 from mea.extraction.equation_solving import EquationSolving
