@@ -6,12 +6,13 @@ arguments, environment and working directory, but not a fresh interpreter: it is
 one (`serve`, below) that has imported the third-party libraries the commands use and has run
 nothing.  A cold `mea attack` spends about 4.3 s importing them (`python -X importtime`: torch
 1.2 s, the torch._dynamo that torch.optim imports on its first step 1.4 s, scikit-learn's metrics
-1.4 s, matplotlib); the suite ran 7.7 min instead of 9.0 with the warm start.  mea's own modules are
-not preloaded: each run imports them afresh, so a module that reads the environment or keeps state
-at import sees this run's.  What a warm start cannot show is checked by cold interpreters elsewhere:
-what a command imports (tests/test_cli.py, tests/test_imports.py), the installed console script
-(CI's wheel demo), thread counts (tests/test_threads.py), servers and signals (tests/test_serve.py,
-tests/test_sweep.py: `mea serve` and sweeps started with subprocess).
+1.4 s, matplotlib); with the warm start the suite took 13.0 CPU-minutes instead of 16.4 (`time
+pytest`, user + sys).  mea's own modules are not preloaded: each run imports them afresh, so a
+module that reads the environment or keeps state at import sees this run's.  What a warm start
+cannot show is checked by cold interpreters elsewhere: what a command imports (tests/test_cli.py,
+tests/test_imports.py), the installed console script (CI's wheel demo), thread counts
+(tests/test_threads.py), servers and signals (tests/test_serve.py, tests/test_sweep.py: `mea
+serve` and sweeps started with subprocess).
 """
 
 from __future__ import annotations
