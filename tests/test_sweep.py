@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import mea as run_mea
+from cli import mea
 from mea.errors import ArtifactError, ConfigError
 from mea.experiments.backends import LocalBackend
 from mea.experiments.presets import PRESETS
@@ -26,10 +26,6 @@ from mea.experiments.sweep_config import load_sweep
 from sweeps import write_sweep
 
 VOLATILE = ("time_s", "run")  # where and when a trial ran: all that may differ between backends
-
-
-def mea(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
-    return run_mea(*args, data_dir=data_dir)
 
 
 def stable(record: dict) -> dict:

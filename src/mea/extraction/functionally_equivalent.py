@@ -126,7 +126,7 @@ class FunctionallyEquivalent:
             count = min(self.lines_per_round, self.lines - units.lines)
             idle = 0 if self._search(box, units, box.points(count, rng), box.points(count, rng), rng) else idle + 1
         search_queries = oracle.queries_used - before
-        outputs = 1 if known.signature.classes == 2 else known.signature.classes
+        outputs = box.outputs
         unknowns = known.hidden * (box.dimension + 1) + outputs * (known.hidden + 1)
         count = self.solve_points or max(
             2 * (known.hidden + box.dimension + 1), -(-2 * unknowns // max(outputs - 1, 1))
@@ -306,11 +306,10 @@ class FunctionallyEquivalent:
         delta = self.step
         chords = [_chord(o, h) for o, h in zip(origins, heads, strict=True)] if ends is None else ends
         ends_array = np.asarray(chords, dtype=float).reshape(-1, 2)
-        outputs = 1 if box.classes == 2 else box.classes
         at = np.array([0, 0, 1, 1])  # the end each of the four probes is read from
         offsets = np.array([0.0, delta, -delta, 0.0])
         redo = [(line, k) for line in range(len(ends_array)) for k in range(4)]
-        values = np.full((len(ends_array), 4, outputs), np.nan)
+        values = np.full((len(ends_array), 4, box.outputs), np.nan)
         for attempt in range(SHRINK + 1):
             ts = ends_array[:, at] + offsets
             read = box.along(origins, heads, [(line, ts[line, k]) for line, k in redo])
@@ -394,6 +393,11 @@ class _Box:
     def dimension(self) -> int:
         return len(self.free)
 
+    @property
+    def outputs(self) -> int:
+        """Logits per answer: one for a two-class victim (log p1 - log p0), else one per class."""
+        return 1 if self.classes == 2 else self.classes
+
     def points(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """`count` points of the box: half uniform, half at random corners, or from the attacker's
         pool when it has one.  A unit on for all but a corner of the box is off at some corners
@@ -417,7 +421,7 @@ class _Box:
         where a probability is too small to read (the logits there are beyond float32's range, as
         they can be at the corners of a box of unscaled features)."""
         if len(u) == 0:
-            return np.zeros((0, 1 if self.classes == 2 else self.classes))
+            return np.zeros((0, self.outputs))
         p = self.oracle.query(self.space.as_inputs(self.raw(u))).double().numpy()
         unreadable = (p <= FLOOR).any(1)
         self.unreadable += int(unreadable.sum())
@@ -430,7 +434,7 @@ class _Box:
         """`count` points of the box (`points`) whose answers can be read, and their logits: drawn
         DRAWS times at most.  An oracle whose answers can mostly not be read is refused (those are no
         confidence values)."""
-        points, logits = np.zeros((0, self.dimension)), np.zeros((0, 1 if self.classes == 2 else self.classes))
+        points, logits = np.zeros((0, self.dimension)), np.zeros((0, self.outputs))
         for _ in range(DRAWS):
             drawn = self.points(count, rng)
             answers = self.logits(drawn)
@@ -448,7 +452,7 @@ class _Box:
 
     def along(self, origins: np.ndarray, heads: np.ndarray, probes: list[tuple[int, float]]) -> np.ndarray:
         if not probes:
-            return np.zeros((0, 1 if self.classes == 2 else self.classes))
+            return np.zeros((0, self.outputs))
         lines = np.array([p[0] for p in probes])
         ts = np.array([p[1] for p in probes])
         return self.logits(origins[lines] + ts[:, None] * heads[lines])
