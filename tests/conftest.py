@@ -27,26 +27,26 @@ torch.set_num_threads(max(1, usable_cpus() // int(os.environ.get("PYTEST_XDIST_W
 # per file, on 2 cores.  The second needs none of the shared victim (it trains its own), so the other
 # worker need not wait while the first builds it.  Files not named here run last, in their own order.
 SCHEDULE = (
-    "test_ownership.py",  # about 98 s (it builds the shared victim and defense)
-    "test_any_shape.py",  # 46 s
-    "test_strategies.py",  # 90 s
-    "test_cli.py",  # 79 s
-    "test_sweep.py",  # 68 s
-    "test_serve.py",  # 66 s
-    "test_examples.py",  # 65 s
-    "test_tramer.py",  # 57 s
-    "test_ray_cluster.py",  # 43 s
-    "test_second_task.py",  # 35 s
-    "test_data_free.py",  # 33 s
-    "test_attack.py",  # 29 s
-    "test_upstream.py",  # 23 s
-    "test_oip_servers.py",  # 15 s
+    "test_ownership.py",  # about 105 s (it builds the shared victim and defense)
+    "test_any_shape.py",  # 50 s
+    "test_strategies.py",  # 94 s
+    "test_cli.py",  # 113 s
+    "test_examples.py",  # 84 s
+    "test_ray_cluster.py",  # 76 s (both Ray tests, on one cluster)
+    "test_serve.py",  # 74 s
+    "test_tramer.py",  # 55 s
+    "test_sweep.py",  # 50 s
+    "test_second_task.py",  # 33 s
+    "test_data_free.py",  # 32 s
+    "test_attack.py",  # 23 s
+    "test_upstream.py",  # 19 s
+    "test_secrets.py",  # 17 s
     "test_console.py",  # 15 s
-    "test_schema_fuzz.py",  # 13 s
-    "test_secrets.py",  # 13 s
-    "test_model_files.py",  # 12 s
-    "test_docs.py",  # 8 s
-    "test_report.py",  # 7 s
+    "test_oip_servers.py",  # 14 s
+    "test_schema_fuzz.py",  # 12 s
+    "test_model_files.py",  # 11 s
+    "test_docs.py",  # 9 s
+    "test_report.py",  # 9 s
 )
 
 

@@ -156,3 +156,35 @@ def test_a_worker_node_without_the_drivers_files_writes_the_local_records(
     assert worker["cache"] is None and not worker["cwd"].startswith(os.getcwd())
     if hidden:  # the driver's run directories and data cache do not exist there
         assert worker["exists"] == [False] * len(paths), worker
+
+
+def test_a_sweep_s_own_ray_instance_leaves_a_cluster_on_this_machine_alone(cluster, twenty_trials, data_dir, tmp_path):
+    """`--backend ray` without --address starts a Ray instance of its own, here while this module's
+    cluster runs on the same machine and RAY_ADDRESS names it (ray.init(address=None) would join that
+    cluster and refuse the sweep's CPU count).  Its records equal the local backend's for the suite's
+    twenty trials."""
+    address, _ = cluster
+    out = tmp_path / "ray"
+    env = {**ray_env(), "CI": "true", "MEA_DATA_DIR": str(data_dir), "RAY_ADDRESS": address}
+    command = [sys.executable, "-m", "mea", "sweep", str(twenty_trials / "twenty.yaml"), "--out", str(out)]
+    # A local Ray instance of 2 CPUs, started by the sweep and shut down by it.
+    process = subprocess.Popen(
+        [*command, "--backend", "ray", "--workers", "2", "-q"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = process.communicate()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    assert process.returncode == 0, stderr
+    records = {r["hash"]: r for r in read_results(out / "results.jsonl").records}
+    local = read_results(twenty_trials / "out" / "results.jsonl").records
+    assert len(records) == 20 and {r["run"]["backend"] for r in records.values()} == {"ray"}
+    stable = {h: {k: v for k, v in r.items() if k not in VOLATILE} for h, r in records.items()}
+    assert stable == {r["hash"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in local}

@@ -4,7 +4,6 @@ a few hundred queries, one short epoch): the machinery is under test here, not t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -130,7 +129,7 @@ def test_damaged_or_foreign_results_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_midway_then_rerun_loses_and_redoes_nothing(tmp_path, victim_dir, data_dir):
-    config = write_sweep(tmp_path / "s.yaml", victim_dir, grid={"seed": list(range(8))})
+    config = write_sweep(tmp_path / "s.yaml", victim_dir, grid={"seed": list(range(4))})
     hashes = {t.hash for t in load_sweep(config).trials}
     out = tmp_path / "out"
     path = out / "results.jsonl"
@@ -184,40 +183,3 @@ def test_twenty_trial_sweep_records_everything(local_records):
     assert defended[0]["metrics"]["benign_accuracy"] < local_records[0]["metrics"]["benign_accuracy"]
     assert all(r["metrics"]["clone"]["fidelity"] > 0.3 for r in local_records)
     assert {r["run"]["backend"] for r in local_records} == {"local"}
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (the `ray` extra)")
-def test_ray_backend_writes_the_same_records(twenty_trials, local_records, data_dir, tmp_path):
-    out = tmp_path / "ray"
-    env = {**os.environ, "CI": "true", "MEA_DATA_DIR": str(data_dir), "RAY_USAGE_STATS_ENABLED": "0"}
-    command = [
-        sys.executable,
-        "-m",
-        "mea",
-        "sweep",
-        str(twenty_trials / "twenty.yaml"),
-        "--out",
-        str(out),
-        "--backend",
-        "ray",
-    ]
-    # A local Ray instance of 2 CPUs, started by the sweep and shut down by it.
-    process = subprocess.Popen(
-        [*command, "--workers", "2", "-q"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = process.communicate()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-    assert process.returncode == 0, stderr
-    ray_records = {r["hash"]: r for r in read_results(out / "results.jsonl").records}
-    assert {r["run"]["backend"] for r in ray_records.values()} == {"ray"}
-    assert {h: stable(r) for h, r in ray_records.items()} == {r["hash"]: stable(r) for r in local_records}

@@ -92,7 +92,8 @@ class RayBackend:
     """Ray tasks of `cpus_per_trial` CPUs each (that many torch threads).
 
     `address` None starts a Ray instance on this machine with `workers` CPUs (default: all cores)
-    unless one is already running in this process; otherwise connects to the cluster there.  Every
+    unless one is already running in this process (its own, even where a `ray start` cluster runs
+    on this machine or RAY_ADDRESS names one); otherwise connects to the cluster there.  Every
     node needs this package; the files trials read are shipped (`mea.experiments.shipping`).
     """
 
@@ -113,8 +114,10 @@ class RayBackend:
         ray = _import_ray()
         started = not ray.is_initialized()
         if started:
+            # "local", not None: ray.init(None) joins whatever `ray start` cluster this machine runs
+            # (or RAY_ADDRESS names), and then refuses num_cpus; the sweep asked for its own instance.
             ray.init(
-                address=self.address,
+                address=self.address or "local",
                 num_cpus=(self.workers or usable_cpus()) if self.address is None else None,
                 include_dashboard=False,
                 log_to_driver=False,
