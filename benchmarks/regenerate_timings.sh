@@ -45,5 +45,6 @@ fi
 python -m benchmarks.readme  # the test suite timed next checks README.md against the files written so far
 run python -m benchmarks.startup --before 7180e0b --repeat 10
 run python -m benchmarks.quickstart
+run python -m benchmarks.ci  # CI's whole script on a fresh clone of HEAD (commit first): about 12 minutes
 python -m benchmarks.readme
 python -m benchmarks.readme --check

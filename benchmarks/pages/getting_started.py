@@ -150,7 +150,14 @@ def readme_quickstart(results: Results) -> str:
     text += _load_note(record["demo"]["load_average_1min"], cores)
     if "tests" in record:
         text += f"; the test command {record['tests']['pytest']['wall_s'] / 60:.1f} min"
-    return text + f" ({record['provenance']['date']}, `python -m benchmarks.quickstart`)."
+    text += f" ({record['provenance']['date']}, `python -m benchmarks.quickstart`)."
+    ci = results.get("ci.json")
+    if ci is not None:
+        run = ci["ci"]
+        text += f" CI's whole script, `.ci/run` on a fresh clone, took {run['wall_s'] / 60:.1f} min"
+        text += _load_note(run["load_average_1min"], ci["provenance"]["machine"]["cores"])
+        text += f", {run['pytest']} ({ci['provenance']['date']}, `python -m benchmarks.ci`)."
+    return text
 
 
 def readme_sweep_timings(results: Results) -> str:
