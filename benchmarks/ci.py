@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.provenance import RESULTS, ROOT, Provenance, load_average
 
 STAMP = re.compile(r"^CI: (?P<phase>.+?) at (?P<seconds>\d+) s")
-SUMMARY = re.compile(r"=+ (?P<summary>\d+ passed.*) in [\d.]+s")
+SUMMARY = re.compile(r"^=*\s*(?P<summary>\d+ passed.*?) in [\d.]+s")  # `pytest -q` prints it bare
 
 
 def run_ci(clone: Path) -> dict:

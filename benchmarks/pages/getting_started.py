@@ -156,7 +156,8 @@ def readme_quickstart(results: Results) -> str:
         run = ci["ci"]
         text += f" CI's whole script, `.ci/run` on a fresh clone, took {run['wall_s'] / 60:.1f} min"
         text += _load_note(run["load_average_1min"], ci["provenance"]["machine"]["cores"])
-        text += f", {run['pytest']} ({ci['provenance']['date']}, `python -m benchmarks.ci`)."
+        text += f", {run['pytest']}" if run["pytest"] else ""
+        text += f" ({ci['provenance']['date']}, `python -m benchmarks.ci`)."
     return text
 
 
