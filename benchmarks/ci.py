@@ -3,7 +3,7 @@
 Clones HEAD (the committed work only, as CI sees main) into a temporary directory and runs
 `bash .ci/run` there with CI=true, timing the whole script and reading the phase stamps it prints
 ("CI: set up at N s") and pytest's summary line.  It installs everything from scratch into the
-clone (its own .venv and .venv-mlserver), so it takes as long as CI does: about 12 minutes here.
+clone (its own .venv and .venv-mlserver), so it takes as long as CI does: about 11 minutes here (ci.json).
 
     python -m benchmarks.ci
 """
